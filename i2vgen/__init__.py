@@ -1,0 +1,25 @@
+"""i2vgen: a readable PyTorch implementation of I2VGen-XL image-to-video diffusion.
+
+Public classes keep the reference's (diffusers') calling conventions, so porting is one import:
+
+    from i2vgen import I2VGenXLPipeline, I2VGenXLUNet, AutoencoderKL, DDIMScheduler
+
+Imports are lazy: ``import i2vgen`` stays cheap and pulls in transformers only when the pipeline is used.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "I2VGenXLUNet": "i2vgen.models.unet",
+    "AutoencoderKL": "i2vgen.models.vae",
+    "DDIMScheduler": "i2vgen.schedulers.ddim",
+    "I2VGenXLPipeline": "i2vgen.pipeline",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'i2vgen' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
