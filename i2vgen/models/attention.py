@@ -1,0 +1,112 @@
+"""Multi-head attention and the transformer feed-forward.
+
+Both are shared by the UNet's spatial and temporal transformers and by the VAE's mid-block attention.
+Attribute names equal the checkpoint keys (`to_q`, `to_k`, `to_v`, `to_out.0`, `group_norm`, `net.0.proj`,
+`net.2`), so released weights load by a straight match.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention (Vaswani et al. 2017, sec. 3.2) over token sequences.
+
+    Self-attention when `encoder_hidden_states` is None, cross-attention to it otherwise.
+    The VAE variant normalises the tokens with a GroupNorm first and adds the input back at the end
+    (`residual_connection`), dividing by `rescale_output_factor`.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        cross_attention_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        out_bias: bool = True,
+        norm_num_groups: int | None = None,
+        eps: float = 1e-5,
+        residual_connection: bool = False,
+        rescale_output_factor: float = 1.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        inner_dim = heads * dim_head
+        context_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+        self.heads = heads
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+
+        self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) tokens, optional (B, M, C_ctx) context -> (B, N, C)."""
+        residual = hidden_states
+        if self.group_norm is not None:
+            # GroupNorm wants channels second: (B, N, C) -> (B, C, N) and back.
+            hidden_states = self.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+
+        q, k, v = self.to_q(hidden_states), self.to_k(context), self.to_v(context)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        out = rearrange(out, "b h n d -> b n (h d)")
+        out = self.to_out[1](self.to_out[0](out))
+
+        if self.residual_connection:
+            out = out + residual
+        return out / self.rescale_output_factor
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (Shazeer 2020, "GLU Variants Improve Transformer"): x W * gelu(x V)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)  # value and gate in one matrix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class GELU(nn.Module):
+    """Linear projection followed by the exact (erf) GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: activation projection to `mult * dim`, dropout, linear back to `dim_out`.
+
+    `activation_fn` is "geglu" (spatial and temporal transformer blocks) or "gelu" (the image-latent
+    temporal encoder). Keys: `net.0.proj`, `net.2`.
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, activation_fn: str = "geglu",
+                 dropout: float = 0.0):
+        super().__init__()
+        activations = {"geglu": GEGLU, "gelu": GELU}
+        if activation_fn not in activations:
+            raise ValueError(f"activation_fn must be one of {sorted(activations)}, got {activation_fn!r}")
+        inner_dim = int(dim * mult)
+        self.net = nn.Sequential(
+            activations[activation_fn](dim, inner_dim),
+            nn.Dropout(dropout),
+            nn.Linear(inner_dim, dim_out if dim_out is not None else dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

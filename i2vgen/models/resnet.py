@@ -1,0 +1,111 @@
+"""Convolutional building blocks: the 2D residual block, the 2x down/up samplers, and the temporal conv.
+
+The 2D modules see frames as a batch of images, ((b f) c h w); only `TemporalConvLayer` mixes frames.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class ResnetBlock2D(nn.Module):
+    """Pre-activation residual block (He et al. 2016) with an additive timestep embedding (DDPM, Ho et al. 2020).
+
+    x -> GroupNorm -> SiLU -> conv1 (+ Linear(SiLU(temb))) -> GroupNorm -> SiLU -> dropout -> conv2,
+    added to the input (through a 1x1 `conv_shortcut` when the channel count changes), then divided by
+    `output_scale_factor`. `temb_channels=None` drops the embedding (the VAE).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, temb_channels: int | None = 512,
+                 groups: int = 32, eps: float = 1e-6, dropout: float = 0.0, output_scale_factor: float = 1.0):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.output_scale_factor = output_scale_factor
+
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C_in, H, W), optional temb (N, T) -> (N, C_out, H, W)."""
+        h = self.conv1(F.silu(self.norm1(input_tensor)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+
+        shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
+        return (shortcut + h) / self.output_scale_factor
+
+
+class Downsample2D(nn.Module):
+    """Halve the spatial size with a stride-2 3x3 conv.
+
+    `padding=1` pads symmetrically (UNet); `padding=0` pads one zero row and column at the bottom and right
+    only (the VAE encoder, as in the original LDM code), which gives the same output size for even inputs.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None, padding: int = 1):
+        super().__init__()
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=3, stride=2, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    """Double the spatial size (or resize to `output_size`) by nearest-neighbour, then a 3x3 conv.
+
+    The UNet passes the skip connection's size as `output_size` so that odd sizes round-trip.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if output_size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=output_size, mode="nearest")
+        return self.conv(x)
+
+
+def _temporal_conv(channels: int, groups: int, dropout: float | None) -> nn.Sequential:
+    """GroupNorm -> SiLU [-> Dropout] -> Conv3d with a (3, 1, 1) kernel: a 1D conv along frames only."""
+    layers = [nn.GroupNorm(groups, channels), nn.SiLU()]
+    if dropout is not None:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Conv3d(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0)))
+    return nn.Sequential(*layers)
+
+
+class TemporalConvLayer(nn.Module):
+    """Four temporal convolutions in a residual branch (ModelScope T2V / VideoLDM style).
+
+    Mixes information across neighbouring frames at every pixel. The last conv starts at zero, so a freshly
+    built layer is the identity (the pretrained image weights are untouched at the start of training).
+    Keys: conv1.{0,2}, conv2..conv4.{0,3} (the first conv has no dropout).
+    """
+
+    def __init__(self, channels: int, dropout: float = 0.1, norm_num_groups: int = 32):
+        super().__init__()
+        self.conv1 = _temporal_conv(channels, norm_num_groups, dropout=None)
+        self.conv2 = _temporal_conv(channels, norm_num_groups, dropout)
+        self.conv3 = _temporal_conv(channels, norm_num_groups, dropout)
+        self.conv4 = _temporal_conv(channels, norm_num_groups, dropout)
+        nn.init.zeros_(self.conv4[-1].weight)
+        nn.init.zeros_(self.conv4[-1].bias)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """((b f), c, h, w) -> same shape."""
+        x = rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
+        h = self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        return rearrange(x + h, "b c f h w -> (b f) c h w")
