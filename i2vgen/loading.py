@@ -1,0 +1,161 @@
+"""Configs and weights in the diffusers folder layout.
+
+A model folder holds `config.json` (the constructor's keyword arguments, plus `_`-prefixed bookkeeping
+keys such as `_class_name`) and its weights in safetensors form, in one of three layouts:
+
+    diffusion_pytorch_model.safetensors                  one file
+    diffusion_pytorch_model.fp16.safetensors             a variant (variant="fp16")
+    diffusion_pytorch_model.safetensors.index.json       shards: {"weight_map": {key: shard file}}
+    diffusion_pytorch_model.safetensors.index.fp16.json  sharded variant
+
+`from_pretrained` builds the model on the meta device (no memory, no random init), checks every key and
+shape against the file, then assigns the loaded tensors as the parameters: one copy in memory, ever.
+"""
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    """'a.b.json' -> 'a.b.fp16.json': the variant goes before the last suffix, as diffusers names it."""
+    if variant is None:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def _tuplify(value):
+    """JSON arrays become tuples (recursively), so configs compare and hash like the defaults."""
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def _listify(value):
+    return [_listify(v) for v in value] if isinstance(value, tuple) else value
+
+
+@dataclasses.dataclass
+class Config:
+    """Base for model configs. Fields are the config.json keys, with the reference's defaults."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Keys starting with "_" (`_class_name`, `_diffusers_version`, ...) are bookkeeping and ignored;
+        other unknown keys are ignored with a warning; missing keys take the field default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in names and not k.startswith("_"))
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown}", stacklevel=2)
+        return cls(**{k: _tuplify(v) for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return {f.name: _listify(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def read_config(folder, filename: str = "config.json") -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder (from_pretrained reads local diffusers-layout folders)")
+    path = folder / filename
+    if not path.is_file():
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(f"{folder} has no {filename}; it holds {present}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
+    """The state dict from the single file or, if an index json is present, from its shards."""
+    index = folder / _with_variant(INDEX_NAME, variant)
+    single = folder / _with_variant(WEIGHTS_NAME, variant)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}")
+            state.update(load_file(folder / shard))
+        return state
+    if single.is_file():
+        return load_file(single)
+
+    present = sorted(p.name for p in folder.iterdir() if ".safetensors" in p.name)
+    hint = ""
+    if variant is None and any(".fp16." in name for name in present):
+        hint = " Only the fp16 variant is present: pass variant='fp16'."
+    elif variant is not None and any(name in (WEIGHTS_NAME, INDEX_NAME) for name in present):
+        hint = " Only the default weights are present: pass variant=None."
+    raise FileNotFoundError(
+        f"no weights in {folder}: looked for {single.name} and {index.name}; "
+        f"safetensors files there: {present or 'none'}.{hint}"
+    )
+
+
+def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, n_shown: int = 5):
+    """Raise one error listing counts and the first few missing, unexpected and wrong-shape keys."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: file {tuple(v.shape)}, model {expected[k]}"
+             for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]
+    problems = [f"{len(items)} {what} (first: {items[:n_shown]})"
+                for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong))
+                if items]
+    if problems:
+        raise ValueError(f"{type(model).__name__} weights in {folder} do not match the model: "
+                         + "; ".join(problems))
+
+
+class ModelMixin(torch.nn.Module):
+    """`from_pretrained` / `save_pretrained` for a module whose `__init__(config)` builds it from a Config."""
+
+    config_class: type[Config]
+    config: Config
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, variant=None):
+        """Load a diffusers-layout folder. Floating tensors end up in `torch_dtype`, default float32 (as the
+        reference: an fp16 variant loads as float32 unless torch_dtype says otherwise). Returns eval() mode."""
+        folder = Path(pretrained_model_name_or_path, subfolder or "")
+        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+            raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, not {torch_dtype!r}")
+        config = cls.config_class.from_dict(read_config(folder))
+        with torch.device("meta"):
+            model = cls(config)
+        state = _read_weights(folder, variant)
+        _check_keys(model, state, folder)
+        model.load_state_dict(state, strict=True, assign=True)
+        del state  # the model now owns the tensors; casting below replaces them one by one
+        model.to(torch_dtype or torch.float32)  # casts floating tensors only
+
+        on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if on_meta:
+            raise RuntimeError(f"{cls.__name__}: tensors not in the checkpoint were left on the meta device: "
+                               f"{on_meta[:5]} (non-persistent buffers must be computed in forward, not __init__)")
+        return model.eval()
+
+    def save_pretrained(self, save_directory, variant=None):
+        """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are)."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": type(self).__name__, **self.config.to_dict()}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
