@@ -1,0 +1,79 @@
+"""Writing frames to a GIF (Pillow) or an MP4 (imageio-ffmpeg, the optional `mp4` extra).
+
+Both writers go through a temporary file in the destination folder that is renamed into place only once
+it is complete, so an error or Ctrl-C never leaves a half-written video behind.
+"""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+__all__ = ["export_to_gif", "export_to_video"]
+
+
+def _to_uint8_frames(frames) -> list[np.ndarray]:
+    """PIL images, or float arrays in [0, 1] / uint8 arrays of shape (H, W, 3) -> list of uint8 (H, W, 3)."""
+    if len(frames) == 0:
+        raise ValueError("no frames to write")
+    out = []
+    for frame in frames:
+        if isinstance(frame, PIL.Image.Image):
+            frame = np.asarray(frame.convert("RGB"))
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:
+            frame = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8)
+        out.append(frame)
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_path(path):
+    """Yield a temporary path next to `path`; move it to `path` only if the block finishes."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: remove the partial file, then re-raise
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def export_to_gif(frames, output_gif_path, fps: int = 10) -> str:
+    """Write `frames` as a looping GIF at `fps` frames per second; returns the path."""
+    images = [PIL.Image.fromarray(f) for f in _to_uint8_frames(frames)]
+    with _atomic_path(output_gif_path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0
+        )
+    return str(output_gif_path)
+
+
+def export_to_video(frames, output_video_path, fps: int = 10, quality: float = 5.0) -> str:
+    """Write `frames` as an H.264 MP4 at `fps`; needs `pip install i2vgen[mp4]`. Returns the path."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as error:
+        raise ImportError("MP4 export needs imageio-ffmpeg: pip install 'i2vgen[mp4]' (or write a .gif)") from error
+    arrays = _to_uint8_frames(frames)
+    height, width = arrays[0].shape[:2]
+    with _atomic_path(output_video_path) as tmp:
+        # macro_block_size 2: H.264 with yuv420p needs even sides; larger blocks would rescale our frames.
+        writer = imageio_ffmpeg.write_frames(
+            tmp, (width, height), fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error"
+        )
+        writer.send(None)  # start ffmpeg
+        try:
+            for frame in arrays:
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
+    return str(output_video_path)
