@@ -88,15 +88,18 @@ def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
     if single.is_file():
         return load_file(single)
 
-    present = sorted(p.name for p in folder.iterdir() if ".safetensors" in p.name)
+    present = sorted(p.name for p in folder.iterdir() if p.name.startswith("diffusion_pytorch_model"))
+    # 'diffusion_pytorch_model.fp16-00001-of-00002.safetensors', '....safetensors.index.fp16.json' -> 'fp16'
+    variants = sorted({part.split("-")[0] for name in present for part in name.split(".")[1:]}
+                      - {"safetensors", "index", "json", "bin"})
     hint = ""
-    if variant is None and any(".fp16." in name for name in present):
-        hint = " Only the fp16 variant is present: pass variant='fp16'."
-    elif variant is not None and any(name in (WEIGHTS_NAME, INDEX_NAME) for name in present):
-        hint = " Only the default weights are present: pass variant=None."
+    if variants:
+        hint = f" Variants present: {variants}: pass variant='{variants[0]}'."
+    if variant is not None and any(name in (WEIGHTS_NAME, INDEX_NAME) for name in present):
+        hint += " Default (non-variant) weights are present: pass variant=None."
     raise FileNotFoundError(
         f"no weights in {folder}: looked for {single.name} and {index.name}; "
-        f"safetensors files there: {present or 'none'}.{hint}"
+        f"weight files there: {present[:6] or 'none'}{' ...' if len(present) > 6 else ''}.{hint}"
     )
 
 
