@@ -1,0 +1,255 @@
+"""I2VGen-XL's denoiser: a 3D (space-time factorised) UNet conditioned on text, an image and fps.
+
+Zhang et al. 2023, "I2VGen-XL: High-Quality Image-to-Video Synthesis via Cascaded Diffusion Models".
+The conditioning image enters twice: its VAE latent is encoded per frame and concatenated to the noisy
+input (detail), and both its latent and its CLIP embedding become cross-attention tokens next to the text
+(semantics). The fps is a micro-condition added to the timestep embedding.
+
+Everything that does not depend on the noisy sample or the timestep is computed by `encode_condition`,
+once per video; `forward` computes it itself unless it is given `condition=`.
+Shapes: B batch, C channels, F frames, H x W latent size; video tensors are (B, C, F, H, W).
+"""
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ..loading import Config, ModelMixin
+from .embeddings import TimestepEmbedding, timestep_embedding
+from .transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
+from .unet_blocks import CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
+
+LATENT_CHANNELS = 4  # the VAE latent channels the image-latent encoders read (fixed, as in the reference)
+
+
+@dataclass
+class I2VGenXLUNetConfig(Config):
+    """config.json keys with the reference's defaults; the defaults are the released model."""
+
+    sample_size: int | None = None
+    in_channels: int = 4
+    out_channels: int = 4
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",)
+    up_block_types: tuple[str, ...] = ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    cross_attention_dim: int = 1024
+    attention_head_dim: int = 64
+    num_attention_heads: int | None = None  # ignored, as by the reference (see I2VGenXLUNet.__init__)
+
+
+@dataclass
+class UNet3DConditionOutput:
+    sample: torch.Tensor  # (B, out_channels, F, H, W)
+
+
+@dataclass
+class UNetCondition:
+    """The per-video part of the UNet's input, from `I2VGenXLUNet.encode_condition`."""
+
+    fps_emb: torch.Tensor  # (B, 4 * C0): fps embedding, added to the timestep embedding
+    context: torch.Tensor  # (B, M, cross_attention_dim): text, image-latent and CLIP-image tokens
+    image_latents: torch.Tensor = field(repr=False)  # (B, in_channels, F, H, W): concatenated to the sample
+
+    def select(self, index: slice) -> "UNetCondition":
+        """The condition of a sub-batch, e.g. `select(slice(0, 1))` for one branch of classifier-free guidance."""
+        return UNetCondition(self.fps_emb[index], self.context[index], self.image_latents[index])
+
+
+def _check(ok: bool, message: str):
+    if not ok:
+        raise ValueError(message)
+
+
+class I2VGenXLUNet(ModelMixin):
+    """sample (B, C, F, H, W), timestep, condition -> prediction (B, C, F, H, W) (v-prediction when released)."""
+
+    config_class = I2VGenXLUNetConfig
+
+    def __init__(self, config: I2VGenXLUNetConfig | None = None, **kwargs):
+        super().__init__()
+        config = replace(config, **kwargs) if config is not None else I2VGenXLUNetConfig(**kwargs)
+        self.config = config
+        channels, levels = tuple(config.block_out_channels), len(config.block_out_channels)
+        _check(len(config.down_block_types) == len(config.up_block_types) == levels,
+               f"down_block_types, up_block_types and block_out_channels need one entry per level; got "
+               f"{len(config.down_block_types)}, {len(config.up_block_types)}, {levels}")
+        # The reference names the per-head width `attention_head_dim` but hands it to its blocks in the
+        # position of the head count, and ignores `num_attention_heads`; what it builds is heads of width
+        # attention_head_dim, channels // attention_head_dim of them (released: 64 wide). Translated once, here.
+        head_dim = config.attention_head_dim
+        _check(isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels),
+               f"attention_head_dim must be one int dividing every block_out_channels {channels}; got {head_dim}")
+        in_ch, groups, ctx_dim = config.in_channels, config.norm_num_groups, config.cross_attention_dim
+        temb_dim = 4 * channels[0]
+
+        # Conditioning: timestep and fps embeddings, context tokens, image-latent features.
+        self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
+        self.fps_embedding = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # CLIP image embedding -> in_channels tokens of width cross_attention_dim.
+        self.context_embedding = nn.Sequential(nn.Linear(ctx_dim, temb_dim), nn.SiLU(),
+                                               nn.Linear(temb_dim, ctx_dim * in_ch))
+        # First frame's latent -> 8 x 8 = 64 tokens (pooled to 32 x 32, then two stride-2 convs).
+        self.image_latents_context_embedding = nn.Sequential(
+            nn.Conv2d(LATENT_CHANNELS, in_ch * 8, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d((32, 32)),
+            nn.Conv2d(in_ch * 8, in_ch * 16, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(in_ch * 16, ctx_dim, 3, stride=2, padding=1))
+        # Per-frame latents -> features concatenated to the noisy sample.
+        self.image_latents_proj_in = nn.Sequential(
+            nn.Conv2d(LATENT_CHANNELS, in_ch * 4, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(in_ch * 4, in_ch * 4, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(in_ch * 4, in_ch, 3, padding=1))
+        self.image_latents_temporal_encoder = ImageLatentTemporalEncoder(in_ch, heads=2, head_dim=in_ch)
+
+        # Input: noisy sample and image-latent features, then a temporal transformer (8 heads).
+        self.conv_in = nn.Conv2d(2 * in_ch, channels[0], kernel_size=3, padding=1)
+        self.transformer_in = TransformerTemporalModel(channels[0], heads=8, head_dim=head_dim, norm_num_groups=groups)
+
+        attn = dict(head_dim=head_dim, cross_attention_dim=ctx_dim)
+        self.down_blocks = nn.ModuleList()
+        for i, block_type in enumerate(config.down_block_types):
+            common = dict(in_channels=channels[max(i - 1, 0)], out_channels=channels[i], temb_channels=temb_dim,
+                          num_layers=config.layers_per_block, groups=groups, add_downsample=i < levels - 1)
+            if block_type == "CrossAttnDownBlock3D":
+                self.down_blocks.append(CrossAttnDownBlock3D(**common, **attn))
+            else:
+                _check(block_type == "DownBlock3D", f"unknown down block type {block_type!r}")
+                self.down_blocks.append(DownBlock3D(**common))
+
+        self.mid_block = UNetMidBlock3DCrossAttn(channels[-1], temb_dim, groups, **attn)
+
+        self.up_blocks = nn.ModuleList()
+        up_channels = channels[::-1]
+        for i, block_type in enumerate(config.up_block_types):
+            common = dict(in_channels=up_channels[min(i + 1, levels - 1)], prev_output_channel=up_channels[max(i - 1, 0)],
+                          out_channels=up_channels[i], temb_channels=temb_dim, num_layers=config.layers_per_block + 1,
+                          groups=groups, add_upsample=i < levels - 1)
+            if block_type == "CrossAttnUpBlock3D":
+                self.up_blocks.append(CrossAttnUpBlock3D(**common, **attn))
+            else:
+                _check(block_type == "UpBlock3D", f"unknown up block type {block_type!r}")
+                self.up_blocks.append(UpBlock3D(**common))
+
+        self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=1e-5)
+        self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
+
+    def _sinusoids(self, scalars: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal features in float32, then cast to the model's dtype (as the reference does)."""
+        return timestep_embedding(scalars, self.config.block_out_channels[0]).to(self.dtype)
+
+    def encode_condition(self, fps, image_latents: torch.Tensor, image_embeddings: torch.Tensor,
+                         encoder_hidden_states: torch.Tensor) -> UNetCondition:
+        """Stages 2-4 of the forward, which depend on the video only: compute once, reuse at every step.
+
+        fps: (B,) or (1,) tensor or a number; image_latents: (B, 4, F, H, W) VAE latents (first frame the
+        image); image_embeddings: (B, D) or (B, 1, D) CLIP image embedding; encoder_hidden_states: (B, L, D)
+        text tokens; D = cross_attention_dim.
+        """
+        ctx_dim, in_ch = self.config.cross_attention_dim, self.config.in_channels
+        _check(image_latents is not None and image_latents.ndim == 5 and image_latents.shape[1] == LATENT_CHANNELS,
+               f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got "
+               f"{None if image_latents is None else tuple(image_latents.shape)}")
+        batch = image_latents.shape[0]
+        _check(encoder_hidden_states is not None and encoder_hidden_states.ndim == 3
+               and encoder_hidden_states.shape[::2] == (batch, ctx_dim),
+               f"encoder_hidden_states must be (B={batch}, L, {ctx_dim}); got "
+               f"{None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)}")
+        _check(image_embeddings is not None and image_embeddings.shape[-1] == ctx_dim
+               and image_embeddings.numel() == batch * ctx_dim,
+               f"image_embeddings must be (B={batch}, {ctx_dim}) or (B, 1, {ctx_dim}); got "
+               f"{None if image_embeddings is None else tuple(image_embeddings.shape)}")
+        _check(fps is not None, "fps is required (frames per second, a (B,) tensor or a number)")
+        fps = torch.as_tensor(fps, device=image_latents.device).reshape(-1)
+        _check(fps.numel() in (1, batch), f"fps must have 1 or B={batch} values; got {fps.numel()}")
+
+        # 2. fps micro-condition.
+        fps_emb = self.fps_embedding(self._sinusoids(fps)).expand(batch, -1)
+
+        # 3. Context tokens: text, then the first frame's latent, then the CLIP image embedding.
+        latent_tokens = self.image_latents_context_embedding(image_latents[:, :, 0])  # (B, D, 8, 8)
+        latent_tokens = rearrange(latent_tokens, "b d h w -> b (h w) d")
+        image_tokens = self.context_embedding(image_embeddings.reshape(batch, ctx_dim))
+        image_tokens = rearrange(image_tokens, "b (n d) -> b n d", n=in_ch)
+        context = torch.cat([encoder_hidden_states, latent_tokens, image_tokens], dim=1)
+
+        # 4. Image latents: per-frame convs, then attention across each pixel's frames.
+        _, _, frames, height, width = image_latents.shape
+        x = self.image_latents_proj_in(rearrange(image_latents, "b c f h w -> (b f) c h w"))
+        x = self.image_latents_temporal_encoder(rearrange(x, "(b f) c h w -> (b h w) f c", f=frames))
+        x = rearrange(x, "(b h w) f c -> b c f h w", h=height, w=width)
+        return UNetCondition(fps_emb=fps_emb, context=context, image_latents=x)
+
+    def forward(self, sample: torch.Tensor, timestep, fps=None, image_latents: torch.Tensor | None = None,
+                image_embeddings: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
+                timestep_cond=None, cross_attention_kwargs=None, return_dict: bool = True,
+                condition: UNetCondition | None = None):
+        """Predict from the noisy `sample` (B, C, F, H, W) at `timestep` (number, scalar or (B,) tensor).
+
+        Pass the raw conditioning (fps, image_latents, image_embeddings, encoder_hidden_states, as the
+        reference) or a precomputed `condition=` from `encode_condition`, not both.
+        `timestep_cond` and `cross_attention_kwargs` exist for signature compatibility; this model has no use
+        for them, so anything but None is an error.
+        """
+        _check(isinstance(sample, torch.Tensor) and sample.ndim == 5,
+               f"sample must be a 5-D (B, C, F, H, W) tensor; got shape {getattr(sample, 'shape', type(sample))}")
+        _check(sample.shape[1] == self.config.in_channels,
+               f"sample must have in_channels={self.config.in_channels} channels; got shape {tuple(sample.shape)}")
+        _check(timestep_cond is None and not cross_attention_kwargs,
+               "timestep_cond and cross_attention_kwargs are not supported by I2VGenXLUNet")
+        batch, _, frames, height, width = sample.shape
+        raw = (fps, image_latents, image_embeddings, encoder_hidden_states)
+        if condition is None:
+            _check(image_latents is not None and image_latents.shape == (batch, LATENT_CHANNELS, frames, height, width),
+                   f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = "
+                   f"{(batch, LATENT_CHANNELS, frames, height, width)}; got "
+                   f"{None if image_latents is None else tuple(image_latents.shape)}")
+            condition = self.encode_condition(fps, image_latents, image_embeddings, encoder_hidden_states)
+        else:
+            _check(all(x is None for x in raw), "pass either condition= or fps/image_latents/image_embeddings/"
+                                                "encoder_hidden_states, not both")
+            _check(condition.image_latents.shape == sample.shape,
+                   f"condition was encoded for image_latents of shape {tuple(condition.image_latents.shape)}, "
+                   f"which does not match sample {tuple(sample.shape)}")
+        out = self._denoise(sample, timestep, condition)
+        return UNet3DConditionOutput(sample=out) if return_dict else (out,)
+
+    def _denoise(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
+        batch, _, frames, _, _ = sample.shape
+
+        # 1. Time: sinusoids -> MLP, plus the fps embedding (stage 2), one copy per frame.
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
+        emb = self.time_embedding(self._sinusoids(t.expand(batch))) + condition.fps_emb
+        emb = repeat(emb, "b d -> (b f) d", f=frames)
+        # 3. Context tokens (from the condition), one copy per frame.
+        context = repeat(condition.context, "b m d -> (b f) m d", f=frames)
+
+        # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in,
+        # then attention across frames.
+        x = torch.cat([sample, condition.image_latents], dim=1)
+        x = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
+        x = self.transformer_in(x, num_frames=frames)
+
+        # 6. Down, keeping every intermediate output as a skip connection.
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, emb, frames, context)
+            skips.extend(block_skips)
+
+        # 7. Mid.
+        x = self.mid_block(x, emb, frames, context)
+
+        # 8. Up: each block takes as many skips as it has layers, and upsamples to the next skip's size
+        # (so latent sizes that are not multiples of 2^levels come back to their size).
+        for block in self.up_blocks:
+            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+            upsample_size = skips[-1].shape[-2:] if block.upsamplers is not None else None
+            x = block(x, block_skips, emb, frames, context, upsample_size)
+
+        # 9. Out.
+        x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
