@@ -113,6 +113,13 @@ def _append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 class DDIMScheduler:
+    """The reference's DDIMScheduler: same config keys, same timesteps, same numbers. Usage:
+
+        scheduler.set_timesteps(50)
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(x, t), t, x, eta=eta, generator=generator).prev_sample
+    """
+
     order = 1  # one model evaluation per step
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the initial noise is not scaled
 
