@@ -394,6 +394,10 @@ def ddim_cases(alt: bool) -> dict:
             config=dict(clip_sample=True, clip_sample_range=1.0, beta_schedule="squaredcos_cap_v2"),
             steps=5, eta=1.0, generator_seed=4321, use_clipped_model_output=True,
         ),
+        "thresholding": dict(
+            config=dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5),
+            steps=6,
+        ),
     }
     if alt:
         # Same names, other settings: different step counts, ranges, betas, eta and seeds.
@@ -415,6 +419,11 @@ def ddim_cases(alt: bool) -> dict:
                                                 clip_sample_range=3.0, timestep_spacing="trailing"), steps=6)
         cases["v_eta"].update(steps=8, eta=0.3, generator_seed=99)
         cases["eps_eta_clipped_output"].update(steps=4, eta=0.5, generator_seed=7)
+        cases["thresholding"] = dict(
+            config=dict(thresholding=True, dynamic_thresholding_ratio=0.8, sample_max_value=3.0,
+                        prediction_type="v_prediction", beta_schedule="scaled_linear"),
+            steps=5, eta=0.4, generator_seed=3,
+        )
     return cases
 
 
