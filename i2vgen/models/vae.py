@@ -213,7 +213,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     shape[dim] = extent
     # Weights in float64, rounded once to b's dtype, as the reference's Python-float scalars are.
     w_b = torch.arange(extent, dtype=torch.float64) / extent
-    w_a, w_b = ((w).to(b.device, b.dtype).view(shape) for w in (1 - w_b, w_b))
+    w_a, w_b = (w.to(b.device, b.dtype).view(shape) for w in (1 - w_b, w_b))
     faded = a.narrow(dim, a.shape[dim] - extent, extent) * w_a + b.narrow(dim, 0, extent) * w_b
     return torch.cat([faded, b.narrow(dim, extent, b.shape[dim] - extent)], dim=dim)
 
@@ -222,8 +222,10 @@ def _tiled(fn, x: torch.Tensor, tile_in: int, tile_out: int, overlap_factor: flo
     """Apply `fn` (which maps a `tile_in` square to a `tile_out` square) to overlapping tiles of x and stitch.
 
     Tiles start every `tile_in * (1 - overlap_factor)` input pixels; each output tile is blended with its
-    upper and left neighbours over `tile_out * overlap_factor` pixels and cropped to the stride, as the
-    reference's tiled encode/decode do (each blended tile is what its lower and right neighbours see).
+    upper and left neighbours over `blend = tile_out * overlap_factor` pixels and cropped to
+    `tile_out - blend`, as the reference's tiled encode/decode do (each blended tile is what its lower and
+    right neighbours see). Like the reference's, tiles only line up when the input stride maps exactly to
+    `tile_out - blend` output pixels (sample_size a multiple of 4 * 2^(levels-1), true for the released VAE).
     """
     stride = int(tile_in * (1 - overlap_factor))
     blend = int(tile_out * overlap_factor)
