@@ -179,7 +179,10 @@ class I2VGenXLUNet(ModelMixin):
         # 4. Image latents: per-frame convs, then attention across each pixel's frames.
         _, _, frames, height, width = image_latents.shape
         x = self.image_latents_proj_in(rearrange(image_latents, "b c f h w -> (b f) c h w"))
-        x = self.image_latents_temporal_encoder(rearrange(x, "(b f) c h w -> (b h w) f c", f=frames))
+        # Contiguous tokens, as the reference's copy leaves them: with a strided residual stream, half-precision
+        # matmuls round differently (float32 is unaffected).
+        x = rearrange(x, "(b f) c h w -> (b h w) f c", f=frames).contiguous()
+        x = self.image_latents_temporal_encoder(x)
         x = rearrange(x, "(b h w) f c -> b c f h w", h=height, w=width)
         return UNetCondition(fps_emb=fps_emb, context=context, image_latents=x)
 
