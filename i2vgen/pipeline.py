@@ -1,0 +1,415 @@
+"""I2VGenXLPipeline: an image and a prompt in, a video out (I2VGen-XL, Zhang et al. 2023).
+
+One call runs, in the reference's order (which fixes the order random numbers are drawn in):
+1. text:   CLIP text encoder -> prompt tokens (clip_skip: penultimate layer + final LayerNorm);
+2. image:  CLIP image embedding (global semantics) and the VAE latent of the first frame (detail), the
+           latter sampled from the posterior with torch's *global* RNG, as the reference does;
+3. noise:  x_T ~ N(0, I) of shape (B, 4, F, H/8, W/8) from `generator`;
+4. DDIM:   everything that does not change across steps goes through `unet.encode_condition` once;
+           each step predicts v for [unconditional, conditional] and mixes them with the guidance scale;
+5. decode: the VAE decodes `decode_chunk_size` frames at a time; pixels -> [0, 1].
+
+Beyond the reference: one image broadcasts over a list of prompts, classifier-free guidance can run as two
+sequential passes (half the activation memory), and models can be offloaded to the CPU between uses.
+"""
+
+import contextlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import transformers
+from einops import rearrange
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from .loading import read_config
+from .models.unet import I2VGenXLUNet
+from .models.vae import AutoencoderKL
+from .preprocess import clip_pixel_values, to_pil_images, vae_pixel_values
+from .schedulers.ddim import DDIMScheduler
+
+try:  # transformers >= 5: the PIL-backed class, which needs no torchvision
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:
+    from transformers import CLIPImageProcessor
+
+# model_index.json: component -> (library, class name), as the reference writes it.
+COMPONENTS = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+    "feature_extractor": ("transformers", "CLIPImageProcessor"),
+    "unet": ("diffusers", "I2VGenXLUNet"),
+    "scheduler": ("diffusers", "DDIMScheduler"),
+}
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class I2VGenXLPipelineOutput:
+    """`frames`: per video a list of PIL images ("pil"), (B, F, H, W, 3) array ("np"),
+    (B, F, 3, H, W) tensor ("pt"), or the final latents (B, 4, F, H/8, W/8) ("latent")."""
+
+    frames: list | np.ndarray | torch.Tensor
+
+
+def randn_tensor(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise drawn like the reference: a CPU generator draws on the CPU (then moves); a list
+    of generators draws one batch row each (a list of one acts as a single generator)."""
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, list):
+        rows = [randn_tensor((1, *shape[1:]), g, device, dtype) for g in generator]
+        return torch.cat(rows)
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56."""
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
+
+
+def _local_folder(path_or_hub_id, variant: str | None) -> Path:
+    """A local folder as is; otherwise a hub snapshot (from the cache when offline)."""
+    if Path(path_or_hub_id).is_dir():
+        return Path(path_or_hub_id)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path_or_hub_id} is not a local folder; to download it from the hub, pip install 'i2vgen[hub]'"
+        ) from None
+    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
+    ignore = None if variant else ["*.fp16.safetensors"]
+    try:
+        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.txt", weights],
+                                      ignore_patterns=ignore))
+    except Exception as error:
+        raise FileNotFoundError(
+            f"{path_or_hub_id} is not a local folder and could not be fetched from the hub or its local cache "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+class I2VGenXLPipeline:
+    """Image-to-video generation with I2VGen-XL. Components and call arguments follow diffusers'
+    deprecated `I2VGenXLPipeline`, so porting code means changing the import."""
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 image_encoder: CLIPVisionModelWithProjection, feature_extractor, unet: I2VGenXLUNet,
+                 scheduler: DDIMScheduler):
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.image_encoder = image_encoder
+        self.feature_extractor = feature_extractor
+        self.unet = unet
+        self.scheduler = scheduler
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._progress_bar_config = {}
+        self._offload_device = None
+        self._sequential_guidance = False
+
+    # ---- loading, saving, placement ----
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, variant=None):
+        """Load a diffusers-layout folder or hub id (e.g. "ali-vilab/i2vgen-xl", variant="fp16").
+        Weights are cast to `torch_dtype`, float32 by default."""
+        folder = _local_folder(pretrained_model_name_or_path, variant)
+        index = read_config(folder, "model_index.json")
+        for name, (_, class_name) in COMPONENTS.items():
+            found = index.get(name, [None, None])[1]
+            if found != class_name:
+                raise ValueError(f"{folder}/model_index.json: {name} is {found}, expected {class_name}")
+        dtype = torch_dtype or torch.float32
+        hf = dict(variant=variant, **_dtype_kwarg(dtype))
+        return cls(
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=variant),
+            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **hf).eval(),
+            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **hf).eval(),
+            feature_extractor=CLIPImageProcessor.from_pretrained(folder / "feature_extractor"),
+            unet=I2VGenXLUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=variant),
+            scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        )
+
+    def save_pretrained(self, save_directory):
+        """Write the diffusers layout: model_index.json and one subfolder per component."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": "I2VGenXLPipeline", **{name: list(lib) for name, lib in COMPONENTS.items()}}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        for name in COMPONENTS:
+            getattr(self, name).save_pretrained(folder / name)
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [self.text_encoder, self.image_encoder, self.unet, self.vae]
+
+    def to(self, device=None, dtype=None):
+        """Move (and/or cast) every model; `pipe.to("cuda")`, `pipe.to(torch.float16)` and both work."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        for model in self.models:
+            model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def set_progress_bar_config(self, **kwargs):
+        """Options for the tqdm bar over denoising steps, e.g. `disable=True`."""
+        self._progress_bar_config = kwargs
+
+    # ---- memory controls (issue 4); none changes the output ----
+
+    def enable_model_cpu_offload(self, device="cuda"):
+        """Keep every model on the CPU and move each to `device` only while it runs."""
+        self._offload_device = torch.device(device)
+        self.to("cpu")
+
+    def enable_sequential_guidance(self, enabled: bool = True):
+        """Run the unconditional and conditional UNet passes one after the other instead of as one batch of
+        two: half the activation memory, same output."""
+        self._sequential_guidance = enabled
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self._offload_device or self.device
+
+    @contextlib.contextmanager
+    def _running(self, model: torch.nn.Module):
+        """Place `model` on the execution device for the block (a no-op without CPU offload)."""
+        if self._offload_device is None:
+            yield model
+            return
+        model.to(self._offload_device)
+        try:
+            yield model
+        finally:
+            model.to("cpu")
+
+    # ---- conditioning ----
+
+    def _encode_text(self, texts: list[str], max_length: int, clip_skip: int | None) -> torch.Tensor:
+        """CLIP text tokens (len(texts), max_length, D). clip_skip=k takes the hidden state k layers before
+        the last and applies the final LayerNorm, as the last layer's output would have."""
+        tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
+                                return_tensors="pt").input_ids
+        if self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids.shape[-1] > max_length:
+            warnings.warn(f"a prompt is longer than CLIP's {max_length} tokens and was truncated")
+        with self._running(self.text_encoder) as encoder:
+            tokens = tokens.to(self.execution_device)
+            if clip_skip is None:
+                return encoder(tokens)[0]
+            hidden = encoder(tokens, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+            # transformers 4.x nests the layers under .text_model; 5.x puts them on the model itself.
+            return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+
+    def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided: bool,
+                      clip_skip: int | None):
+        """Prompt tokens (P, S, D) and, when guided, negative-prompt tokens of the same shape.
+
+        The negative prompt defaults to "" for every prompt; a single string applies to every prompt."""
+        device, dtype = self.execution_device, self.text_encoder.dtype
+        if prompt_embeds is None:
+            prompt_embeds = self._encode_text(prompt, self.tokenizer.model_max_length, clip_skip)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
+        if not guided:
+            return prompt_embeds, None
+        if negative_prompt_embeds is None:
+            batch = prompt_embeds.shape[0]
+            negative = negative_prompt if negative_prompt is not None else ""
+            negative = [negative] * batch if isinstance(negative, str) else list(negative)
+            if len(negative) != batch:
+                raise ValueError(f"negative_prompt has {len(negative)} entries but there are {batch} prompts")
+            negative_prompt_embeds = self._encode_text(negative, prompt_embeds.shape[1], clip_skip)
+        return prompt_embeds, negative_prompt_embeds.to(device=device, dtype=dtype)
+
+    def encode_image(self, images: list[PIL.Image.Image], width: int) -> torch.Tensor:
+        """CLIP image embeddings (N, 1, D) from the square centre crop of each image."""
+        crop = self.feature_extractor.crop_size
+        pixels = clip_pixel_values(images, width, (crop["height"], crop["width"]),
+                                   self.feature_extractor.image_mean, self.feature_extractor.image_std)
+        with self._running(self.image_encoder) as encoder:
+            pixels = pixels.to(self.execution_device, encoder.dtype)
+            return encoder(pixels).image_embeds.unsqueeze(1)
+
+    def prepare_image_latents(self, images: list[PIL.Image.Image], width: int, height: int, num_frames: int,
+                              dtype: torch.dtype) -> torch.Tensor:
+        """Latents (N, 4, F, h, w) that condition the UNet: the first frame is the image's VAE latent (a
+        posterior sample from torch's global RNG, times scaling_factor); frame k = 1..F-1 is filled with
+        its position k / (F - 1)."""
+        pixels = vae_pixel_values(images, width, height)
+        with self._running(self.vae) as vae:
+            pixels = pixels.to(self.execution_device, dtype)
+            first = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        first = first.unsqueeze(2)
+        positions = [torch.ones_like(first) * (k / (num_frames - 1)) for k in range(1, num_frames)]
+        return torch.cat([first, *positions], dim=2)
+
+    # ---- denoising and decoding ----
+
+    def _predict(self, latents, t, conditions, guidance_scale: float) -> torch.Tensor:
+        """The UNet's prediction; with guidance, uncond + w * (cond - uncond) (Ho & Salimans 2022).
+
+        `conditions` covers the stacked [unconditional, conditional] batch in one or two passes."""
+        copies = 2 if guidance_scale > 1 else 1
+        copies_per_pass = copies // len(conditions)
+        pred = torch.cat([
+            self.unet(torch.cat([latents] * copies_per_pass), t, condition=c, return_dict=False)[0]
+            for c in conditions
+        ])
+        if copies == 1:
+            return pred
+        uncond, cond = pred.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _step(self, pred, t, latents, eta: float, generator) -> torch.Tensor:
+        """One DDIM step. It runs on frames folded into the batch, (B F) C h w, so that eta > 0 noise is drawn
+        from the generator in the reference's shape and order."""
+        batch = latents.shape[0]
+        pred = rearrange(pred, "b c f h w -> (b f) c h w")
+        latents = rearrange(latents, "b c f h w -> (b f) c h w")
+        noise = randn_tensor(pred.shape, generator, pred.device, pred.dtype) if eta > 0 else None
+        latents = self.scheduler.step(pred, t, latents, eta=eta, variance_noise=noise).prev_sample
+        return rearrange(latents, "(b f) c h w -> b c f h w", b=batch)
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None) -> torch.Tensor:
+        """Latents (B, 4, F, h, w) -> float32 pixels (B, F, 3, H, W) in [-1, 1]-ish, `decode_chunk_size`
+        frames per VAE call (None: all at once)."""
+        batch = latents.shape[0]
+        latents = rearrange(latents, "b c f h w -> (b f) c h w")
+        with self._running(self.vae) as vae:
+            latents = latents.to(self.execution_device) * (1 / vae.config.scaling_factor)
+            chunks = latents.split(decode_chunk_size or latents.shape[0])
+            frames = torch.cat([vae.decode(chunk).sample for chunk in chunks])
+        return rearrange(frames, "(b f) c h w -> b f c h w", b=batch).float()
+
+    # ---- the call ----
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, image=None, height: int = 704, width: int = 1280, target_fps: int = 16,
+                 num_frames: int = 16, num_inference_steps: int = 50, guidance_scale: float = 9.0,
+                 negative_prompt=None, eta: float = 0.0, num_videos_per_prompt: int = 1,
+                 decode_chunk_size: int | None = 1, generator=None, latents=None, prompt_embeds=None,
+                 negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                 clip_skip: int | None = 1, callback_on_step_end=None):
+        """Generate `num_videos_per_prompt` videos per prompt from `image`.
+
+        callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a
+        dict: its "latents" replace the current ones, and {"stop": True} ends the loop early (the current
+        latents are then decoded). Returns `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when
+        return_dict is False.
+        """
+        # 1. check the inputs and fix the batch: P prompts x num_videos_per_prompt = B videos
+        self._check_inputs(prompt, image, height, width, num_frames, negative_prompt, prompt_embeds,
+                           negative_prompt_embeds, output_type)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        images = to_pil_images(image)
+        if len(images) not in (1, num_prompts):
+            raise ValueError(f"got {len(images)} images for {num_prompts} prompts: pass one image or one per prompt")
+        batch = num_prompts * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
+        guided = guidance_scale > 1
+        device = self.execution_device
+
+        # 2. text: (P, S, D) each
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip)
+
+        # 3. image: CLIP embedding (N, 1, D), then first-frame latents (N, 4, F, h, w) from the global RNG
+        image_embeddings = self.encode_image(images, width)
+        image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
+
+        def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
+            return x.expand(num_prompts, *x.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
+
+        prompt_embeds, image_embeddings, image_latents = map(per_video, (prompt_embeds, image_embeddings, image_latents))
+
+        # 4. x_T ~ N(0, I) from the generator, after the image latents
+        shape = (batch, self.unet.config.in_channels, num_frames,
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator, device, prompt_embeds.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        latents = latents.to(device) * self.scheduler.init_noise_sigma
+
+        # 5. conditioning for the stacked [unconditional, conditional] batch, encoded once for all steps;
+        #    the unconditional half has negative-prompt tokens and a zero image embedding
+        context = {
+            "encoder_hidden_states": prompt_embeds,
+            "image_embeddings": image_embeddings,
+            "image_latents": image_latents,
+            "fps": torch.full((batch,), target_fps, dtype=torch.long, device=device),
+        }
+        halves = [context]
+        if guided:
+            unconditional = dict(context, encoder_hidden_states=per_video(negative_prompt_embeds),
+                                 image_embeddings=torch.zeros_like(image_embeddings))
+            halves = [unconditional, context]
+        if not self._sequential_guidance:
+            halves = [{key: torch.cat([h[key] for h in halves]) for key in context}]
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        with self._running(self.unet):
+            conditions = [self.unet.encode_condition(**half) for half in halves]
+
+            # 6. DDIM loop
+            for i, t in enumerate(tqdm(self.scheduler.timesteps, **self._progress_bar_config)):
+                pred = self._predict(latents, t, conditions, guidance_scale)
+                latents = self._step(pred, t, latents, eta, generator)
+                if callback_on_step_end is not None:
+                    result = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = result.get("latents", latents)
+                    if result.get("stop"):
+                        break
+
+        # 7. decode and convert
+        if output_type == "latent":
+            video = latents
+        else:
+            video = (self.decode_latents(latents, decode_chunk_size) * 0.5 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
+            if output_type == "pil":
+                video = [[PIL.Image.fromarray(f) for f in (v * 255).round().astype(np.uint8)] for v in video]
+        return I2VGenXLPipelineOutput(frames=video) if return_dict else (video,)
+
+    def _check_inputs(self, prompt, image, height, width, num_frames, negative_prompt, prompt_embeds,
+                      negative_prompt_embeds, output_type):
+        if height % 8 or width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        if image is None:
+            raise ValueError("image is required: the first frame of the video is generated from it")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        if prompt is not None and not (isinstance(prompt, str) or
+                                       (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        if (prompt_embeds is not None and negative_prompt_embeds is not None
+                and prompt_embeds.shape != negative_prompt_embeds.shape):
+            raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                             f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
