@@ -156,5 +156,5 @@ def test_bad_configs_raise_clear_errors():
             I2VGenXLUNet(block_out_channels=(32, 64))
         with pytest.raises(ValueError, match="attention_head_dim"):
             I2VGenXLUNet(attention_head_dim=48)
-        with pytest.raises(ValueError, match="unknown down block type"):
+        with pytest.raises(ValueError, match="unknown block type"):
             I2VGenXLUNet(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock3D",))

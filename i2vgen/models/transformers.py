@@ -54,7 +54,8 @@ class Transformer2DModel(nn.Module):
         self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner_dim)
         # A list of one block: the checkpoint keys it as transformer_blocks.0.
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, head_dim, cross_attention_dim)])
+        block = BasicTransformerBlock(inner_dim, heads, head_dim, cross_attention_dim)
+        self.transformer_blocks = nn.ModuleList([block])
         self.proj_out = nn.Linear(inner_dim, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ once per video; `forward` computes it itself unless it is given `condition=`.
 Shapes: B batch, C channels, F frames, H x W latent size; video tensors are (B, C, F, H, W).
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ class UNetCondition:
 
     fps_emb: torch.Tensor  # (B, 4 * C0): fps embedding, added to the timestep embedding
     context: torch.Tensor  # (B, M, cross_attention_dim): text, image-latent and CLIP-image tokens
-    image_latents: torch.Tensor = field(repr=False)  # (B, in_channels, F, H, W): concatenated to the sample
+    image_latents: torch.Tensor  # (B, in_channels, F, H, W): concatenated to the sample
 
     def select(self, index: slice) -> "UNetCondition":
         """The condition of a sub-batch, e.g. `select(slice(0, 1))` for one branch of classifier-free guidance."""
@@ -63,6 +63,18 @@ class UNetCondition:
 def _check(ok: bool, message: str):
     if not ok:
         raise ValueError(message)
+
+
+DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
+UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": CrossAttnUpBlock3D}
+
+
+def _build_block(kinds: dict, block_type: str, attention_args: dict, **args) -> nn.Module:
+    """A block named by the config; the CrossAttn kinds also get the attention arguments."""
+    _check(block_type in kinds, f"unknown block type {block_type!r}; expected one of {sorted(kinds)}")
+    if block_type.startswith("CrossAttn"):
+        args.update(attention_args)
+    return kinds[block_type](**args)
 
 
 class I2VGenXLUNet(ModelMixin):
@@ -109,30 +121,23 @@ class I2VGenXLUNet(ModelMixin):
         self.conv_in = nn.Conv2d(2 * in_ch, channels[0], kernel_size=3, padding=1)
         self.transformer_in = TransformerTemporalModel(channels[0], heads=8, head_dim=head_dim, norm_num_groups=groups)
 
+        # Down: level i maps channels[i-1] -> channels[i] and halves the size (all levels but the last).
         attn = dict(head_dim=head_dim, cross_attention_dim=ctx_dim)
-        self.down_blocks = nn.ModuleList()
-        for i, block_type in enumerate(config.down_block_types):
-            common = dict(in_channels=channels[max(i - 1, 0)], out_channels=channels[i], temb_channels=temb_dim,
-                          num_layers=config.layers_per_block, groups=groups, add_downsample=i < levels - 1)
-            if block_type == "CrossAttnDownBlock3D":
-                self.down_blocks.append(CrossAttnDownBlock3D(**common, **attn))
-            else:
-                _check(block_type == "DownBlock3D", f"unknown down block type {block_type!r}")
-                self.down_blocks.append(DownBlock3D(**common))
+        self.down_blocks = nn.ModuleList(
+            _build_block(DOWN_BLOCKS, block_type, attn, in_channels=channels[max(i - 1, 0)],
+                         out_channels=channels[i], temb_channels=temb_dim, num_layers=config.layers_per_block,
+                         groups=groups, add_downsample=i < levels - 1)
+            for i, block_type in enumerate(config.down_block_types))
 
         self.mid_block = UNetMidBlock3DCrossAttn(channels[-1], temb_dim, groups, **attn)
 
-        self.up_blocks = nn.ModuleList()
-        up_channels = channels[::-1]
-        for i, block_type in enumerate(config.up_block_types):
-            common = dict(in_channels=up_channels[min(i + 1, levels - 1)], prev_output_channel=up_channels[max(i - 1, 0)],
-                          out_channels=up_channels[i], temb_channels=temb_dim, num_layers=config.layers_per_block + 1,
-                          groups=groups, add_upsample=i < levels - 1)
-            if block_type == "CrossAttnUpBlock3D":
-                self.up_blocks.append(CrossAttnUpBlock3D(**common, **attn))
-            else:
-                _check(block_type == "UpBlock3D", f"unknown up block type {block_type!r}")
-                self.up_blocks.append(UpBlock3D(**common))
+        # Up: the mirror image, with one layer more per block (it also consumes the downsampler's skip).
+        up = channels[::-1]
+        self.up_blocks = nn.ModuleList(
+            _build_block(UP_BLOCKS, block_type, attn, in_channels=up[min(i + 1, levels - 1)],
+                         prev_output_channel=up[max(i - 1, 0)], out_channels=up[i], temb_channels=temb_dim,
+                         num_layers=config.layers_per_block + 1, groups=groups, add_upsample=i < levels - 1)
+            for i, block_type in enumerate(config.up_block_types))
 
         self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=1e-5)
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
