@@ -169,8 +169,11 @@ def flops(args):
     from torch.utils.flop_counter import FlopCounterMode
 
     call = CALLS[args.config]
-    unet_cfg = I2VGenXLUNet.load_config(args.model, subfolder="unet")
-    vae_cfg = AutoencoderKL.load_config(args.model, subfolder="vae")
+    if args.model and os.path.exists(os.path.join(args.model, "unet", "config.json")):
+        unet_cfg = I2VGenXLUNet.load_config(args.model, subfolder="unet")
+        vae_cfg = AutoencoderKL.load_config(args.model, subfolder="vae")
+    else:  # no saved pipeline needed: the configs `build` would write
+        unet_cfg, vae_cfg = model_configs(args.config)["unet"], model_configs(args.config)["vae"]
     with torch.device("meta"):
         unet = I2VGenXLUNet.from_config(unet_cfg).eval()
         vae = AutoencoderKL.from_config(vae_cfg).eval()
