@@ -171,6 +171,13 @@ class I2VGenXLPipeline:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) used when the call passes None: the UNet config's sample_size (in latents, as the
+        reference reads it) or, when that is unset, the released model's 704 x 1280."""
+        size = self.unet.config.sample_size
+        return (size * self.vae_scale_factor,) * 2 if size else (704, 1280)
+
     def set_progress_bar_config(self, **kwargs):
         """Options for the tqdm bar over denoising steps, e.g. `disable=True`."""
         self._progress_bar_config = kwargs
@@ -303,7 +310,7 @@ class I2VGenXLPipeline:
     # ---- the call ----
 
     @torch.no_grad()
-    def __call__(self, prompt=None, image=None, height: int = 704, width: int = 1280, target_fps: int = 16,
+    def __call__(self, prompt=None, image=None, height: int | None = 704, width: int | None = 1280, target_fps: int = 16,
                  num_frames: int = 16, num_inference_steps: int = 50, guidance_scale: float = 9.0,
                  negative_prompt=None, eta: float = 0.0, num_videos_per_prompt: int = 1,
                  decode_chunk_size: int | None = 1, generator=None, latents=None, prompt_embeds=None,
@@ -317,6 +324,7 @@ class I2VGenXLPipeline:
         return_dict is False.
         """
         # 1. check the inputs and fix the batch: P prompts x num_videos_per_prompt = B videos
+        height, width = height or self.default_size[0], width or self.default_size[1]
         self._check_inputs(prompt, image, height, width, num_frames, negative_prompt, prompt_embeds,
                            negative_prompt_embeds, output_type)
         prompts = [prompt] if isinstance(prompt, str) else prompt

@@ -109,6 +109,9 @@ def main():
     shutil.rmtree(args.out / "tokenizer")  # transformers 5 writes only tokenizer.json, which 4.x cannot read
     write_tokenizer(args.out / "tokenizer")
     text_encoder_in_4x_layout(args.out / "text_encoder")
+    index_path = args.out / "model_index.json"  # the CLI reads this mark and says so ("_" keys are ignored)
+    index = json.loads(index_path.read_text()) | {"_randomly_initialised": True}
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, randomly initialised)")
 
