@@ -39,7 +39,9 @@ class ResnetBlock2D(nn.Module):
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
 
-        shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
+        # .contiguous(): after attention the map can be channels-last; the reference feeds the shortcut conv a
+        # contiguous copy, and the conv kernel (so the last bit of the result) depends on the memory layout.
+        shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor.contiguous())
         return (shortcut + h) / self.output_scale_factor
 
 
