@@ -1,0 +1,60 @@
+"""Training settings: one dataclass whose fields are the keys of the JSON file `i2vgen train --config` reads."""
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # What to train: a pipeline folder in the diffusers layout. Its unet is the starting point and is
+    # trained; vae, text_encoder, image_encoder (and tokenizer, feature_extractor, scheduler) stay frozen.
+    model: str
+    output_dir: str
+
+    # Data: synthetic motion clips (i2vgen/training/data.py), encoded once by the frozen VAE and CLIP.
+    num_clips: int = 2048  # size of the pre-encoded clip pool
+    num_frames: int = 8
+    resolution: int = 64
+    fps: int = 16  # the fps micro-condition (the pipeline's target_fps default)
+
+    # Objective (REFERENCE.md; VGen configs/i2vgen_xl_train.yaml): v-prediction on the scheduler's
+    # zero-terminal-SNR cosine schedule, offset noise of strength 0.1.
+    noise_offset: float = 0.1
+    # Classifier-free guidance: with this probability both conditions are replaced by the pipeline's
+    # unconditional ones (empty-prompt text embedding, zero CLIP image embedding); the image latents stay.
+    uncond_prob: float = 0.1
+
+    # Optimisation.
+    max_steps: int = 2000  # optimiser steps
+    batch_size: int = 8  # clips per micro-batch
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (to 10% of learning_rate) after warmup
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999  # with warmup: min(ema_decay, (1 + step) / (10 + step))
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimiser state stay float32)
+
+    # Bookkeeping.
+    seed: int = 0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    num_threads: int = 1  # CPU threads; on a shared machine one thread avoids OpenMP oversubscription
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown training config keys {unknown}; known keys: {sorted(known)}")
+        if "adam_betas" in data:
+            data["adam_betas"] = tuple(data["adam_betas"])
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,183 @@
+"""The tiny demo model: an I2VGen-XL pipeline at toy size, trained on synthetic motion clips on a CPU.
+
+    python -m i2vgen.training.demo base --out runs/tiny-demo/base     # tokenizer, CLIP, trained VAE, random UNet
+    i2vgen train --config scripts/train_demo_config.json                # the UNet (i2vgen/training/train.py)
+    python -m i2vgen.training.demo export --run runs/tiny-demo/unet --out weights/tiny-demo
+
+`scripts/train_demo.sh` runs all three. Every part has the released model's architecture and scheduler:
+- tokenizer: CLIP byte-level BPE with one token per caption word (i2vgen/training/tokenizer.py);
+- text and image encoders: 2-layer CLIP towers of width 32, randomly initialised and frozen; random
+  projections still give every caption its own embedding, which is all the UNet needs to tell them apart;
+- VAE: 4 levels (8x downsampling, as released: 64x64 frames -> 8x8 latents), trained here on single frames
+  for reconstruction with a tiny KL weight, scaling_factor set to 1 / std of the latents as SD did;
+- UNet: 2 levels of 32/64 channels with cross-attention on the first, trained by train.py.
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from i2vgen.models.unet import I2VGenXLUNet
+from i2vgen.models.vae import AutoencoderKL
+from i2vgen.pipeline import CLIPImageProcessor, I2VGenXLPipeline
+from i2vgen.schedulers.ddim import DDIMScheduler
+from i2vgen.training.data import BASE_COLORS, DIRECTIONS, SHAPES, render_frame, sample_spec, to_tensor
+from i2vgen.training.tokenizer import write_clip_tokenizer
+
+WORDS = ["a", *BASE_COLORS, *SHAPES, "moving", *DIRECTIONS]
+CLIP_WIDTH = 32  # CLIP hidden size = projection size = the UNet's cross_attention_dim
+MAX_TOKENS = 16  # captions are 7 tokens with BOS and EOS
+CLIP_IMAGE_SIZE = 32
+FRAME_SIZE = 64
+
+# The released model's scheduler (REFERENCE.md): zero-terminal-SNR cosine schedule, v-prediction.
+RELEASED_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
+    prediction_type="v_prediction", set_alpha_to_one=True, clip_sample=False, steps_offset=1,
+    timestep_spacing="leading",
+)
+VAE_CONFIG = dict(
+    block_out_channels=(16, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8, sample_size=FRAME_SIZE,
+)
+UNET_CONFIG = dict(
+    sample_size=FRAME_SIZE // 8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, norm_num_groups=8,
+    cross_attention_dim=CLIP_WIDTH, attention_head_dim=8,
+)
+
+
+def clip_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPVisionModelWithProjection]:
+    tower = dict(hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=2,
+                 num_attention_heads=2, projection_dim=CLIP_WIDTH, hidden_act="gelu")
+    text = CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=MAX_TOKENS, bos_token_id=vocab_size - 2,
+                          eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **tower)
+    vision = CLIPVisionConfig(image_size=CLIP_IMAGE_SIZE, patch_size=8, **tower)
+    return CLIPTextModel(text).eval(), CLIPVisionModelWithProjection(vision).eval()
+
+
+def new_autoencoder() -> AutoencoderKL:
+    """A 4-level VAE whose posterior starts almost deterministic: the log-variance half of quant_conv is
+    biased to -10 (std ~0.007). With the KL weight tiny, a unit-variance start would bury the small early
+    latents in sampling noise and slow reconstruction down for hundreds of steps."""
+    vae = AutoencoderKL(**VAE_CONFIG)
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[latent:] *= 0.01
+        vae.quant_conv.bias[latent:] = -10.0
+    return vae
+
+
+def train_autoencoder(vae: AutoencoderKL, steps: int, batch_size: int = 16, lr: float = 2e-3,
+                      kl_weight: float = 1e-6, object_weight: float = 10.0, seed: int = 0) -> list[float]:
+    """Reconstruction training on single frames of training clips: weighted L1 + MSE + kl_weight * KL.
+
+    Pixels of the object count `object_weight` times: it covers ~5% of the frame, and without the weight
+    the autoencoder spends its first hundreds of steps on the background alone."""
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - 0.9 * s / steps))
+    vae.train()
+    mses = []
+    for _ in (bar := tqdm(range(steps), desc="vae")):
+        specs = [sample_spec(rng) for _ in range(batch_size)]
+        x = to_tensor(np.stack([render_frame(spec, int(rng.integers(8))) for spec in specs]))
+        background = to_tensor(np.array([[[[spec.background] * 3]] for spec in specs], dtype=np.uint8))
+        weight = 1 + (object_weight - 1) * ((x - background).abs().amax(1, keepdim=True) > 0).float()
+        posterior = vae.encode(x).latent_dist
+        error = vae.decode(posterior.sample()).sample - x
+        loss = (weight * (error.abs() + error**2)).mean() + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        mses.append(error.pow(2).mean().item())
+        bar.set_postfix(psnr=f"{10 * np.log10(4 / np.mean(mses[-20:])):.1f}dB")  # [-1, 1]: peak-to-peak 2
+    vae.eval()
+    return mses
+
+
+@torch.no_grad()
+def fit_scaling_factor(vae: AutoencoderKL, num_frames: int = 256, seed: int = 1) -> float:
+    """1 / std of the latent means over training frames, so the UNet sees unit-scale latents (as SD's 0.18215)."""
+    rng = np.random.default_rng(seed)
+    frames = np.stack([render_frame(sample_spec(rng), int(rng.integers(8))) for _ in range(num_frames)])
+    return float(1.0 / vae.encode(to_tensor(frames)).latent_dist.mean.std())
+
+
+def _text_encoder_in_4x_layout(folder: Path):
+    """transformers 5 saves CLIPTextModel keys without the `text_model.` prefix that 4.x needs; 5.x reads
+    both, so write the 4.x names (those of the released checkpoint)."""
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    if not any(key.startswith("text_model.") for key in state):
+        save_file({f"text_model.{key}": value for key, value in state.items()}, path, metadata={"format": "pt"})
+
+
+def build_base(out, vae_steps: int, seed: int = 0) -> I2VGenXLPipeline:
+    """Write the starting pipeline to `out`: frozen parts ready, VAE trained, UNet randomly initialised."""
+    out = Path(out)
+    scratch = out.parent / (out.name + "-tokenizer")
+    vocab_size = write_clip_tokenizer(scratch, WORDS, MAX_TOKENS)
+
+    torch.manual_seed(seed)
+    text_encoder, image_encoder = clip_encoders(vocab_size)
+    torch.manual_seed(seed + 1)
+    vae = new_autoencoder()
+    mses = train_autoencoder(vae, vae_steps, seed=seed)
+    vae.config.scaling_factor = fit_scaling_factor(vae)
+    torch.manual_seed(seed + 2)
+    pipe = I2VGenXLPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(scratch),
+        image_encoder=image_encoder,
+        feature_extractor=CLIPImageProcessor(crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+                                             size={"shortest_edge": CLIP_IMAGE_SIZE}),
+        unet=I2VGenXLUNet(**UNET_CONFIG), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    pipe.save_pretrained(out)
+    shutil.rmtree(out / "tokenizer")  # transformers 5 writes only tokenizer.json, which 4.x cannot read
+    shutil.move(scratch, out / "tokenizer")
+    _text_encoder_in_4x_layout(out / "text_encoder")
+    (out / "vae_training.json").write_text(json.dumps({"steps": vae_steps, "mse": mses}) + "\n")
+    return pipe
+
+
+def export(run, out):
+    """Copy the trained pipeline of a training run (`<run>/pipeline`) to `out`, e.g. weights/tiny-demo."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns("vae_training.json"))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build or export the tiny demo pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    base = sub.add_parser("base", help="tokenizer, CLIP encoders, trained VAE and a random UNet")
+    base.add_argument("--out", required=True)
+    base.add_argument("--vae-steps", type=int, default=1500)
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--threads", type=int, default=1)
+    exp = sub.add_parser("export", help="copy a finished training run's pipeline")
+    exp.add_argument("--run", required=True)
+    exp.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "base":
+        torch.set_num_threads(args.threads)
+        build_base(args.out, args.vae_steps, args.seed)
+        print(f"wrote {args.out}")
+    else:
+        export(args.run, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Train the I2VGen-XL UNet on image-to-video clips, the way VGen trains it.
+
+    i2vgen train --config FILE.json        (or: python -m i2vgen.training.train --config FILE.json)
+
+One optimiser step, following ali-vilab/VGen (tools/train/train_t2v_enterance.py, the loss in
+tools/modules/diffusions/diffusion_ddim.py, settings in configs/i2vgen_xl_train.yaml):
+1. Frozen encoders: video frames -> VAE latents x0 (B, 4, F, h, w) times scaling_factor; caption -> CLIP text
+   tokens; first frame -> CLIP image embedding and the image latents that condition the UNet. Here they are
+   computed once for a pool of clips (`encode_clips`), under no_grad.
+2. Classifier-free-guidance dropout: some rows get the pipeline's unconditional inputs instead.
+3. Offset noise eps = n + 0.1 * n_offset, n_offset constant over each frame (VGen's `sample_loss`).
+4. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a uniform t, on the zero-terminal-SNR cosine schedule.
+5. Loss: MSE between the UNet's output and the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
+6. AdamW over accumulated gradients, clipped; then the EMA copy moves towards the weights.
+
+Checkpoints are diffusers folders (unet/, unet_ema/) plus optimiser and RNG state, so an interrupted run
+resumes where it stopped and continues bit for bit; the finished run is written as a complete pipeline
+folder (`<output_dir>/pipeline`, EMA weights) that `I2VGenXLPipeline.from_pretrained` loads.
+"""
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from i2vgen.models.unet import I2VGenXLUNet
+from i2vgen.pipeline import I2VGenXLPipeline
+from i2vgen.training.config import TrainConfig
+from i2vgen.training.data import SyntheticMotion
+
+
+# ---- frozen encoders ----
+
+def load_pipeline(cfg: TrainConfig) -> I2VGenXLPipeline:
+    """The pipeline whose UNet is trained; every other model is frozen."""
+    pipe = I2VGenXLPipeline.from_pretrained(cfg.model).to(cfg.device)
+    for frozen in (pipe.vae, pipe.text_encoder, pipe.image_encoder):
+        frozen.requires_grad_(False).eval()
+    return pipe
+
+
+@torch.no_grad()
+def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> dict:
+    """Encode `cfg.num_clips` training clips once with the frozen VAE and CLIP encoders.
+
+    Returns latent posterior mean/std (N, 4, F, h, w), CLIP image embeddings (N, 1, D), caption index (N,),
+    one text embedding per distinct caption (K, S, D), and the empty prompt's embedding (S, D) that the
+    pipeline uses as the unconditional text."""
+    clips = iter(SyntheticMotion(cfg.seed, "train", cfg.num_frames, cfg.resolution))
+    means, stds, image_embeds, captions = [], [], [], []
+    for start in tqdm(range(0, cfg.num_clips, chunk), desc="encoding clips", leave=False):
+        batch = [next(clips) for _ in range(min(chunk, cfg.num_clips - start))]
+        videos = torch.stack([video for video, _, _ in batch]).to(pipe.device)  # (b, 3, F, H, W)
+        posterior = pipe.vae.encode(rearrange(videos, "b c f h w -> (b f) c h w")).latent_dist
+        means.append(rearrange(posterior.mean, "(b f) c h w -> b c f h w", b=len(batch)).cpu())
+        stds.append(rearrange(posterior.std, "(b f) c h w -> b c f h w", b=len(batch)).cpu())
+        first_frames = [PIL.Image.fromarray(first) for _, _, first in batch]
+        image_embeds.append(pipe.encode_image(first_frames, cfg.resolution).cpu())
+        captions += [caption for _, caption, _ in batch]
+    distinct = sorted(set(captions))
+    text, null_text = pipe.encode_prompt(distinct, None, None, None, guided=True, clip_skip=1)
+    return {
+        "latent_mean": torch.cat(means), "latent_std": torch.cat(stds), "image_embeds": torch.cat(image_embeds),
+        "caption_index": torch.tensor([distinct.index(c) for c in captions]), "captions": distinct,
+        "text_embeds": text.cpu(), "null_text_embeds": null_text[0].cpu(),
+    }
+
+
+def image_latents_from(first_frame_latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The UNet's image condition, as the pipeline builds it: frame 0 is the first frame's latent
+    (B, 4, h, w); frame k = 1..F-1 is filled with k / (F - 1). Returns (B, 4, F, h, w)."""
+    first = first_frame_latents.unsqueeze(2)
+    positions = [torch.full_like(first, k / (num_frames - 1)) for k in range(1, num_frames)]
+    return torch.cat([first, *positions], dim=2)
+
+
+def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator: torch.Generator) -> tuple:
+    """x0 latents (B, 4, F, h, w) and the UNet's condition kwargs for a random batch of the pool, with
+    classifier-free-guidance dropout applied."""
+    rows = torch.randint(len(pool["latent_mean"]), (cfg.batch_size,), generator=generator)
+    mean, std = pool["latent_mean"][rows], pool["latent_std"][rows]
+    x0 = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
+    text = pool["text_embeds"][pool["caption_index"][rows]]
+    image = pool["image_embeds"][rows]
+    drop = torch.rand(cfg.batch_size, generator=generator) < cfg.uncond_prob
+    text = torch.where(drop[:, None, None], pool["null_text_embeds"], text)
+    image = torch.where(drop[:, None, None], torch.zeros_like(image), image)
+    conditions = dict(fps=torch.full((cfg.batch_size,), cfg.fps), image_latents=image_latents_from(x0[:, :, 0], x0.shape[2]),
+                      image_embeddings=image, encoder_hidden_states=text)
+    return x0, conditions
+
+
+# ---- the objective ----
+
+def offset_noise(shape, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise plus `strength` times noise that is constant over each frame of each channel
+    (shape (B, C, F, 1, 1)), as VGen's DiffusionDDIM.sample_loss: lets the model change a frame's mean."""
+    b, c, f = shape[:3]
+    return torch.randn(shape, generator=generator) + strength * torch.randn((b, c, f, 1, 1), generator=generator)
+
+
+def v_prediction_loss(unet, scheduler, x0: torch.Tensor, conditions: dict, noise_offset: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """MSE between the UNet output at a uniformly drawn timestep and the velocity target."""
+    noise = offset_noise(x0.shape, noise_offset, generator)
+    t = torch.randint(scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    x0, noise, t = x0.to(unet.device), noise.to(unet.device), t.to(unet.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    pred = unet(x_t, t, **{k: v.to(unet.device) for k, v in conditions.items()}).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
+class EMA:
+    """Exponential moving average of a model's weights, decay warmed up as min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int):
+        """ema <- d * ema + (1 - d) * weights."""
+        d = self.decay_at(step)
+        for ema_param, param in zip(self.model.parameters(), model.parameters()):
+            ema_param.lerp_(param.detach(), 1 - d)
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then constant or cosine decay to 10% of the learning rate."""
+    if step < cfg.lr_warmup_steps:
+        return (step + 1) / cfg.lr_warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.lr_warmup_steps) / max(1, cfg.max_steps - cfg.lr_warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- checkpoints ----
+
+def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_scheduler, generator, keep: int):
+    """Write <output_dir>/checkpoint-<step>/ (unet/, unet_ema/, training_state.pt) atomically, then prune."""
+    folder = output_dir / f"checkpoint-{step:06d}"
+    partial = output_dir / f".partial-{step:06d}"
+    shutil.rmtree(partial, ignore_errors=True)
+    unet.save_pretrained(partial / "unet")
+    ema.model.save_pretrained(partial / "unet_ema")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
+               partial / "training_state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    for old in sorted(output_dir.glob("checkpoint-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted(output_dir.glob("checkpoint-*"))
+    return found[-1] if found else None
+
+
+def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
+    """A complete pipeline folder: every file of `model_folder` except the UNet, which is `unet`'s weights."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_folder, out, ignore=lambda folder, names: ["unet"] if Path(folder) == Path(model_folder) else [])
+    unet.save_pretrained(out / "unet")
+
+
+# ---- the loop ----
+
+def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
+    """Run (or resume) training; returns the exported pipeline folder. With `until`, stop after that step
+    with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue."""
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    pipe = load_pipeline(cfg)
+    pool_path = output_dir / "clip_pool.pt"
+    if pool_path.exists():
+        pool = torch.load(pool_path)
+    else:
+        pool = encode_clips(pipe, cfg)
+        torch.save(pool, pool_path)
+
+    unet, scheduler = pipe.unet, pipe.scheduler
+    ema = EMA(unet, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if (checkpoint := latest_checkpoint(output_dir)) is not None:
+        unet.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet").state_dict())
+        ema.model.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet_ema").state_dict())
+        state = torch.load(checkpoint / "training_state.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
+
+    unet.train().requires_grad_(True)
+    autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
+                              enabled=cfg.mixed_precision == "bf16")
+    scaling_factor = pipe.vae.config.scaling_factor
+    smoothed = None
+    start_time = time.time()
+    with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
+        while step < min(cfg.max_steps, until or cfg.max_steps):
+            total = 0.0
+            for _ in range(cfg.gradient_accumulation_steps):
+                x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
+                with autocast:
+                    loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator)
+                (loss / cfg.gradient_accumulation_steps).backward()
+                total += loss.item() / cfg.gradient_accumulation_steps
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(unet, step)
+            step += 1
+
+            smoothed = total if smoothed is None else 0.98 * smoothed + 0.02 * total
+            bar.update(1)
+            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            log.write(json.dumps({"step": step, "loss": total, "lr": lr_scheduler.get_last_lr()[0],
+                                  "seconds": round(time.time() - start_time, 2)}) + "\n")
+            log.flush()
+            if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
+                save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
+                                cfg.keep_checkpoints)
+
+    if step < cfg.max_steps:
+        return None
+    export_pipeline(cfg.model, ema.model, output_dir / "pipeline")
+    return output_dir / "pipeline"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="i2vgen train", description="Train the I2VGen-XL UNet (see docs/training.md).")
+    parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields")
+    parser.add_argument("--until", type=int, help="stop after this step (with a checkpoint); rerun to continue")
+    args = parser.parse_args(argv)
+    out = train(TrainConfig.from_json(args.config), until=args.until)
+    print(f"trained pipeline written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Does the tiny demo model animate an image the way the prompt says? (issue 5's acceptance test)
+
+    .venv/bin/python scripts/eval_demo.py [--model weights/tiny-demo] [--per-direction 25]
+        [--grid docs/demo_grid.gif] [--training-log runs/tiny-demo/unet/log.jsonl --curve docs/training_curve.png]
+
+For first frames from the held-out split of the synthetic data (start positions and colours never used in
+training, i2vgen/training/data.py), run I2VGenXLPipeline at 64x64, 8 frames, 25 DDIM steps, guidance 6.0 with
+the caption "a <color> <shape> moving <direction>". A trial succeeds when
+- the object's centroid moves at least 6 px the asked way from the first to the last frame,
+  and more along that axis than across it, and
+- the first frame matches the input image, PSNR >= 20 dB.
+The object is found as the pixels that differ from the frame's background (its median colour) by more than
+a quarter of the range in some channel.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+from i2vgen import I2VGenXLPipeline
+from i2vgen.training.data import DIRECTIONS, render_frame, sample_spec
+
+MIN_DISPLACEMENT = 6.0  # pixels, first to last frame
+MIN_PSNR = 20.0  # dB, first frame vs input
+
+
+def object_centroid(frame: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) centroid of the pixels that stand out from the background, or None if there are none."""
+    background = np.median(frame.reshape(-1, 3), axis=0)
+    mask = np.abs(frame - background).max(axis=-1) > 0.25
+    if mask.sum() < 3:
+        return None
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of images in [0, 1]."""
+    return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+def judge(video: np.ndarray, image: np.ndarray, direction: str) -> dict:
+    """video (F, H, W, 3) and image (H, W, 3) in [0, 1] -> measurements and success."""
+    first, last = object_centroid(video[0]), object_centroid(video[-1])
+    result = {"psnr": psnr(video[0], image), "along": None, "across": None}
+    if first is not None and last is not None:
+        dx, dy = DIRECTIONS[direction]
+        move = np.subtract(last, first)
+        result["along"] = float(move[0] * dx + move[1] * dy)
+        result["across"] = float(abs(move[0] * dy) + abs(move[1] * dx))
+    result["moved"] = result["along"] is not None and result["along"] >= MIN_DISPLACEMENT \
+        and result["along"] > result["across"]
+    result["success"] = result["moved"] and result["psnr"] >= MIN_PSNR
+    return result
+
+
+def evaluate(pipe, per_direction: int, seed: int, batch: int) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    specs = [sample_spec(rng, "eval", direction=d) for d in DIRECTIONS for _ in range(per_direction)]
+    results, videos = [], []
+    for start in range(0, len(specs), batch):
+        chunk = specs[start : start + batch]
+        images = [PIL.Image.fromarray(render_frame(s, 0)) for s in chunk]
+        generator = torch.Generator().manual_seed(seed + start)
+        frames = pipe(prompt=[s.caption for s in chunk], image=images, height=64, width=64, num_frames=8,
+                      num_inference_steps=25, guidance_scale=6.0, generator=generator, output_type="np").frames
+        for spec, image, video in zip(chunk, images, np.asarray(frames)):
+            result = judge(video, np.asarray(image) / 255.0, spec.direction)
+            results.append({"caption": spec.caption, "start": spec.start, "speed": spec.speed, **result})
+            videos.append(video)
+        done = len(results)
+        print(f"{done}/{len(specs)} trials, success so far {np.mean([r['success'] for r in results]):.0%}",
+              file=sys.stderr)
+    return results, videos
+
+
+def summary(results: list) -> dict:
+    by_direction = {d: [r for r in results if r["caption"].endswith(d)] for d in DIRECTIONS}
+    rate = lambda rs, key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    return {
+        "trials": len(results),
+        "success_rate": rate(results, "success"),
+        "per_direction": {d: rate(rs, "success") for d, rs in by_direction.items()},
+        "moved_rate": rate(results, "moved"),
+        "first_frame_psnr_mean": rate(results, "psnr"),
+        "first_frame_psnr_min": float(min(r["psnr"] for r in results)),
+        "first_frame_psnr_ok_rate": float(np.mean([r["psnr"] >= MIN_PSNR for r in results])),
+        "mean_displacement_along": float(np.mean([r["along"] or 0.0 for r in results])),
+    }
+
+
+def write_grid(path: Path, results: list, videos: list, per_row: int = 4, scale: int = 2):
+    """A GIF: one row per direction, `per_row` held-out examples each, the caption's direction at the left."""
+    cell, label = 64 * scale, 56
+    rows = {d: [i for i, r in enumerate(results) if r["caption"].endswith(d)][:per_row] for d in DIRECTIONS}
+    frames = []
+    for f in range(videos[0].shape[0]):
+        canvas = PIL.Image.new("RGB", (label + per_row * (cell + 4), len(rows) * (cell + 4)), (255, 255, 255))
+        draw = PIL.ImageDraw.Draw(canvas)
+        for row, (direction, indices) in enumerate(rows.items()):
+            draw.text((4, row * (cell + 4) + cell // 2 - 6), direction, fill=(0, 0, 0))
+            for col, i in enumerate(indices):
+                image = PIL.Image.fromarray((videos[i][f] * 255).round().astype(np.uint8)).resize((cell, cell), PIL.Image.NEAREST)
+                canvas.paste(image, (label + col * (cell + 4), row * (cell + 4)))
+        frames.append(canvas)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
+
+
+def write_curve(path: Path, log: Path, width: int = 640, height: int = 360):
+    """Training loss per step (light) and its running mean over 50 steps (dark), log-scale y, as a PNG."""
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = np.array([e["step"] for e in entries])
+    loss = np.log10(np.array([e["loss"] for e in entries]))
+    smooth = np.convolve(loss, np.ones(50) / 50, mode="valid") if len(loss) >= 50 else loss
+    margin = 50
+    lo, hi = loss.min(), loss.max()
+    to_xy = lambda s, v: (margin + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (width - 2 * margin),  # noqa: E731
+                          height - margin - (v - lo) / max(hi - lo, 1e-9) * (height - 2 * margin))
+    image = PIL.Image.new("RGB", (width, height), (255, 255, 255))
+    draw = PIL.ImageDraw.Draw(image)
+    draw.line([to_xy(s, v) for s, v in zip(steps, loss)], fill=(190, 200, 230), width=1)
+    draw.line([to_xy(s, v) for s, v in zip(steps[len(steps) - len(smooth):], smooth)], fill=(20, 50, 160), width=2)
+    draw.rectangle([margin, margin, width - margin, height - margin], outline=(0, 0, 0))
+    for v in np.linspace(lo, hi, 5):
+        draw.text((4, to_xy(steps[0], v)[1] - 6), f"{10 ** v:.3f}", fill=(0, 0, 0))
+    for s in np.linspace(steps[0], steps[-1], 5):
+        draw.text((to_xy(s, lo)[0] - 10, height - margin + 6), f"{int(s)}", fill=(0, 0, 0))
+    draw.text((margin, 16), "UNet training loss (v-prediction MSE, log scale) vs optimiser step", fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="weights/tiny-demo")
+    parser.add_argument("--per-direction", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--batch", type=int, default=10, help="videos per pipeline call")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grid", type=Path, help="write a GIF grid of examples here")
+    parser.add_argument("--training-log", type=Path, help="log.jsonl of the training run")
+    parser.add_argument("--curve", type=Path, help="write the training curve PNG here (needs --training-log)")
+    parser.add_argument("--json", type=Path, help="write all measurements here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.curve and args.training_log:
+        write_curve(args.curve, args.training_log)
+    pipe = I2VGenXLPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.time()
+    results, videos = evaluate(pipe, args.per_direction, args.seed, args.batch)
+    report = summary(results) | {"seconds": round(time.time() - start, 1)}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": report, "trials": results}, indent=2) + "\n")
+    if args.grid:
+        write_grid(args.grid, results, videos)
+    ok = report["success_rate"] >= 0.9
+    print(f"{'PASS' if ok else 'FAIL'}: {report['success_rate']:.0%} of {len(results)} trials succeed (goal >= 90%)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Training: synthetic data, tokenizer, objective, EMA, checkpoint resume.
+
+Expected values here come from the data's definition (issue 5) and from the math of each piece, not from
+running our own code; the end-to-end resume test compares two runs of the loop with each other.
+"""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from i2vgen.models.unet import I2VGenXLUNet
+from i2vgen.models.vae import AutoencoderKL
+from i2vgen.pipeline import CLIPImageProcessor, I2VGenXLPipeline
+from i2vgen.schedulers.ddim import DDIMScheduler
+from i2vgen.training.config import TrainConfig
+from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMotion, is_heldout, render_clip,
+                                  sample_spec)
+from i2vgen.training.demo import RELEASED_SCHEDULER, WORDS
+from i2vgen.training.tokenizer import write_clip_tokenizer
+from i2vgen.training.train import EMA, image_latents_from, offset_noise, train, v_prediction_loss
+
+
+# ---- data ----
+
+def _centroid(frame: np.ndarray, background: int) -> np.ndarray:
+    ys, xs = np.nonzero((frame != background).any(-1))
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_clips_match_the_specification():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        spec = sample_spec(rng)
+        clip = render_clip(spec)
+        assert clip.shape == (8, 64, 64, 3) and clip.dtype == np.uint8
+        assert 0 <= spec.background <= 50 and 5 <= spec.radius <= 9 and 2 <= spec.speed <= 4
+        assert spec.shape in SHAPES
+        assert np.abs(np.subtract(spec.rgb, BASE_COLORS[spec.color])).max() <= 20
+        assert spec.caption == f"a {spec.color} {spec.shape} moving {spec.direction}"
+        # Two colours only: background grey and the object's colour.
+        assert {tuple(p) for p in clip.reshape(-1, 3)} == {(spec.background,) * 3, spec.rgb}
+        # The whole object is inside every frame: its area never shrinks.
+        areas = [(f != spec.background).any(-1).sum() for f in clip]
+        assert len(set(areas)) == 1
+        # It moves `speed` pixels per frame in the caption's direction, nothing across.
+        steps = np.diff([_centroid(f, spec.background) for f in clip], axis=0)
+        np.testing.assert_allclose(steps, np.tile(np.multiply(DIRECTIONS[spec.direction], spec.speed), (7, 1)))
+
+
+def test_sampling_is_seeded_and_covers_every_caption():
+    a = [sample_spec(np.random.default_rng(3)) for _ in range(2)]
+    assert a[0] == a[1]
+    rng = np.random.default_rng(1)
+    captions = {sample_spec(rng).caption for _ in range(600)}
+    assert len(captions) == len(BASE_COLORS) * len(SHAPES) * len(DIRECTIONS)
+
+
+def test_eval_split_is_disjoint_from_training():
+    rng = np.random.default_rng(0)
+    train_keys = {(s.start, s.rgb) for s in (sample_spec(rng, "train") for _ in range(2000))}
+    eval_specs = [sample_spec(rng, "eval", direction=d) for d in DIRECTIONS for _ in range(25)]
+    assert all(is_heldout(s) for s in eval_specs)
+    assert not train_keys & {(s.start, s.rgb) for s in eval_specs}
+    assert [s.direction for s in eval_specs] == [d for d in DIRECTIONS for _ in range(25)]
+
+
+def test_dataset_yields_vae_ready_videos():
+    video, caption, first = next(iter(SyntheticMotion(seed=0)))
+    assert video.shape == (3, 8, 64, 64) and video.min() >= -1 and video.max() <= 1
+    np.testing.assert_allclose((video[:, 0].permute(1, 2, 0).numpy() + 1) * 127.5, first, atol=1e-4)
+    assert caption.startswith("a ")
+
+
+def test_tokenizer_gives_each_word_one_distinct_token(tmp_path):
+    write_clip_tokenizer(tmp_path, WORDS, model_max_length=16)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    ids = [tokenizer(word).input_ids for word in WORDS]
+    assert all(len(i) == 3 for i in ids)  # BOS, the word, EOS
+    assert len({i[1] for i in ids}) == len(WORDS)
+    assert len(tokenizer("a zebra").input_ids) > 3  # unknown words still tokenize, byte by byte
+
+
+# ---- objective ----
+
+def test_offset_noise_shifts_each_frame_by_a_constant():
+    g = torch.Generator().manual_seed(0)
+    noise = offset_noise((64, 4, 8, 16, 16), 0.1, g)
+    # Per-frame means: variance 1/256 from the white noise plus 0.1^2 from the offset.
+    var = noise.mean(dim=(-1, -2)).var().item()
+    assert abs(var - (1 / 256 + 0.01)) < 0.1 * (1 / 256 + 0.01)  # 2048 frame means: ~3% sampling error
+    assert abs(noise.var().item() - 1.01) < 0.02  # 0.5 M samples: ~0.3% sampling error
+
+
+def test_image_latents_follow_the_pipeline_layout():
+    first = torch.randn(2, 4, 8, 8)
+    latents = image_latents_from(first, 8)
+    assert latents.shape == (2, 4, 8, 8, 8)
+    assert torch.equal(latents[:, :, 0], first)
+    for k in range(1, 8):
+        assert torch.all(latents[:, :, k] == k / 7)
+
+
+def _micro_unet(cross_dim: int = 8) -> I2VGenXLUNet:
+    return I2VGenXLUNet(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, norm_num_groups=4,
+                        cross_attention_dim=cross_dim, attention_head_dim=4)
+
+
+def test_loss_is_the_velocity_mse_and_decreases():
+    torch.manual_seed(0)
+    unet, scheduler = _micro_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    x0 = torch.randn(2, 4, 3, 8, 8)
+    conditions = dict(fps=torch.tensor([16, 16]), image_latents=image_latents_from(x0[:, :, 0], 3),
+                      image_embeddings=torch.randn(2, 1, 8), encoder_hidden_states=torch.randn(2, 5, 8))
+
+    # The target is v = sqrt(abar) eps - sqrt(1 - abar) x0 at the drawn t (Salimans & Ho 2022, section 4).
+    g = torch.Generator().manual_seed(1)
+    loss = v_prediction_loss(unet, scheduler, x0, conditions, 0.1, g)
+    g = torch.Generator().manual_seed(1)
+    noise = offset_noise(x0.shape, 0.1, g)
+    t = torch.randint(1000, (2,), generator=g)
+    abar = scheduler.alphas_cumprod[t].view(2, 1, 1, 1, 1)
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    with torch.no_grad():
+        pred = unet(abar.sqrt() * x0 + (1 - abar).sqrt() * noise, t, **conditions).sample
+    torch.testing.assert_close(loss.detach(), (pred - v).pow(2).mean(), rtol=1e-5, atol=1e-6)  # float32 rounding
+
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = v_prediction_loss(unet, scheduler, x0, conditions, 0.1, torch.Generator().manual_seed(1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_ema_update_math():
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.9)
+    assert ema.decay_at(0) == pytest.approx(1 / 10) and ema.decay_at(1000) == 0.9
+    before = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=1000)
+    torch.testing.assert_close(ema.model.weight, 0.9 * before + 0.1 * model.weight.detach())
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+# ---- the loop: checkpoints resume exactly ----
+
+def _micro_pipeline(folder):
+    write_clip_tokenizer(folder / "tokenizer-files", WORDS, model_max_length=8)
+    tower = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, projection_dim=8)
+    vocab = len(json.loads((folder / "tokenizer-files" / "vocab.json").read_text()))
+    torch.manual_seed(0)
+    pipe = I2VGenXLPipeline(
+        vae=AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=2),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=8, bos_token_id=vocab - 2,
+                                                  eos_token_id=vocab - 1, pad_token_id=vocab - 1, **tower)),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer-files"),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=16, patch_size=8, **tower)),
+        feature_extractor=CLIPImageProcessor(crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
+        unet=_micro_unet(), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
+    )
+    pipe.save_pretrained(folder / "base")
+    return folder / "base"
+
+
+def test_checkpoints_resume_bit_for_bit(tmp_path):
+    base = _micro_pipeline(tmp_path)
+    common = dict(model=str(base), num_clips=4, batch_size=2, gradient_accumulation_steps=2, max_steps=4,
+                  checkpoint_every=2, keep_checkpoints=1, lr_warmup_steps=1, learning_rate=1e-3, ema_decay=0.5)
+    straight = train(TrainConfig(output_dir=str(tmp_path / "a"), **common))
+    assert train(TrainConfig(output_dir=str(tmp_path / "b"), **common), until=2) is None
+    assert [p.name for p in (tmp_path / "b").glob("checkpoint-*")] == ["checkpoint-000002"]
+    resumed = train(TrainConfig(output_dir=str(tmp_path / "b"), **common))
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-000004"]
+
+    a = I2VGenXLUNet.from_pretrained(straight / "unet").state_dict()
+    b = I2VGenXLUNet.from_pretrained(resumed / "unet").state_dict()
+    start = I2VGenXLUNet.from_pretrained(base / "unet").state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # it trained
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)  # same ops, same order, same numbers
+
+    # The exported folder is a complete pipeline that runs.
+    pipe = I2VGenXLPipeline.from_pretrained(resumed)
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.fromarray(render_clip(sample_spec(np.random.default_rng(0), "eval"))[0])
+    frames = pipe("a red circle moving left", image, height=64, width=64, num_frames=3, num_inference_steps=2,
+                  output_type="np").frames
+    assert np.asarray(frames).shape == (1, 3, 64, 64, 3)
