@@ -81,6 +81,9 @@ def _local_folder(path_or_hub_id, variant: str | None) -> Path:
     """A local folder as is; otherwise a hub snapshot (from the cache when offline)."""
     if Path(path_or_hub_id).is_dir():
         return Path(path_or_hub_id)
+    name = str(path_or_hub_id)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):  # not of the form owner/name
+        raise FileNotFoundError(f"model folder not found: {name}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
