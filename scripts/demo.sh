@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Make a video on this machine with the embedded tiny model, from a fresh clone with no other step:
+# sets up (or reuses) the git-ignored .venv, installs i2vgen with MP4 export, and runs `i2vgen generate`.
+#   scripts/demo.sh
+# The embedded model is randomly initialised, so the video is noise-like; see weights/README.md for the
+# released model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# torch first, pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[mp4]'
+
+mkdir -p out
+.venv/bin/i2vgen generate --image assets/landscape.png --prompt "clouds drift over the hills" \
+  --seed 0 --out out/demo.mp4
+echo "Your video: $(pwd)/out/demo.mp4"
