@@ -66,7 +66,8 @@ def check_args(args):
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
-            raise UsageError("writing .mp4 needs imageio-ffmpeg: pip install 'i2vgen[mp4]', or use --out x.gif") from None
+            raise UsageError("writing .mp4 needs imageio-ffmpeg: pip install 'i2vgen[mp4]', "
+                             "or use --out video.gif") from None
 
 
 def read_image(path: str):

@@ -272,6 +272,27 @@ class I2VGenXLPipeline:
         positions = [torch.ones_like(first) * (k / (num_frames - 1)) for k in range(1, num_frames)]
         return torch.cat([first, *positions], dim=2)
 
+    def _encode_conditions(self, prompt_embeds, negative_prompt_embeds, image_embeddings, image_latents,
+                           target_fps: int) -> list:
+        """UNet conditions for the stacked [unconditional, conditional] batch (just the conditional one without
+        guidance), computed once for all steps: one for the whole stack, or one per half with sequential
+        guidance. The unconditional half has the negative-prompt tokens and a zero CLIP image embedding."""
+        batch = prompt_embeds.shape[0]
+        conditional = {
+            "encoder_hidden_states": prompt_embeds,
+            "image_embeddings": image_embeddings,
+            "image_latents": image_latents,
+            "fps": torch.full((batch,), target_fps, dtype=torch.long, device=prompt_embeds.device),
+        }
+        halves = [conditional]
+        if negative_prompt_embeds is not None:
+            unconditional = dict(conditional, encoder_hidden_states=negative_prompt_embeds,
+                                 image_embeddings=torch.zeros_like(image_embeddings))
+            halves = [unconditional, conditional]
+        if not self._sequential_guidance:
+            halves = [{key: torch.cat([half[key] for half in halves]) for key in conditional}]
+        return [self.unet.encode_condition(**half) for half in halves]
+
     # ---- denoising and decoding ----
 
     def _predict(self, latents, t, conditions, guidance_scale: float) -> torch.Tensor:
@@ -310,16 +331,28 @@ class I2VGenXLPipeline:
             frames = torch.cat([vae.decode(chunk).sample for chunk in chunks])
         return rearrange(frames, "(b f) c h w -> b f c h w", b=batch).float()
 
+    @staticmethod
+    def _to_output(video: torch.Tensor, output_type: str):
+        """Float pixels (B, F, 3, H, W) in [-1, 1] -> [0, 1] as a tensor, an array (B, F, H, W, 3), or PIL images."""
+        video = (video * 0.5 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return video
+        video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
+        if output_type == "np":
+            return video
+        return [[PIL.Image.fromarray(frame) for frame in (v * 255).round().astype(np.uint8)] for v in video]
+
     # ---- the call ----
 
     @torch.no_grad()
-    def __call__(self, prompt=None, image=None, height: int | None = 704, width: int | None = 1280, target_fps: int = 16,
-                 num_frames: int = 16, num_inference_steps: int = 50, guidance_scale: float = 9.0,
-                 negative_prompt=None, eta: float = 0.0, num_videos_per_prompt: int = 1,
-                 decode_chunk_size: int | None = 1, generator=None, latents=None, prompt_embeds=None,
-                 negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
-                 clip_skip: int | None = 1, callback_on_step_end=None):
-        """Generate `num_videos_per_prompt` videos per prompt from `image`.
+    def __call__(self, prompt=None, image=None, height: int | None = 704, width: int | None = 1280,
+                 target_fps: int = 16, num_frames: int = 16, num_inference_steps: int = 50,
+                 guidance_scale: float = 9.0, negative_prompt=None, eta: float = 0.0,
+                 num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1, generator=None, latents=None,
+                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil",
+                 return_dict: bool = True, clip_skip: int | None = 1, callback_on_step_end=None):
+        """Generate `num_videos_per_prompt` videos per prompt from `image` (one image for all prompts, or one
+        per prompt). height / width None: the model's size (`default_size`).
 
         callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a
         dict: its "latents" replace the current ones, and {"stop": True} ends the loop early (the current
@@ -328,8 +361,8 @@ class I2VGenXLPipeline:
         """
         # 1. check the inputs and fix the batch: P prompts x num_videos_per_prompt = B videos
         height, width = height or self.default_size[0], width or self.default_size[1]
-        self._check_inputs(prompt, image, height, width, num_frames, negative_prompt, prompt_embeds,
-                           negative_prompt_embeds, output_type)
+        self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
+                           prompt_embeds, negative_prompt_embeds, output_type)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         images = to_pil_images(image)
@@ -338,23 +371,22 @@ class I2VGenXLPipeline:
         batch = num_prompts * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
-        guided = guidance_scale > 1
         device = self.execution_device
 
-        # 2. text: (P, S, D) each
+        def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
+            return x.expand(num_prompts, *x.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
+
+        # 2. text: (P, S, D), and the negative prompt's when guided
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guided, clip_skip)
+            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale > 1, clip_skip)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = per_video(negative_prompt_embeds)
 
         # 3. image: CLIP embedding (N, 1, D), then first-frame latents (N, 4, F, h, w) from the global RNG
         image_embeddings = self.encode_image(images, width)
         image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
 
-        def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
-            return x.expand(num_prompts, *x.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
-
-        prompt_embeds, image_embeddings, image_latents = map(per_video, (prompt_embeds, image_embeddings, image_latents))
-
-        # 4. x_T ~ N(0, I) from the generator, after the image latents
+        # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents
         shape = (batch, self.unet.config.in_channels, num_frames,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
@@ -363,26 +395,11 @@ class I2VGenXLPipeline:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         latents = latents.to(device) * self.scheduler.init_noise_sigma
 
-        # 5. conditioning for the stacked [unconditional, conditional] batch, encoded once for all steps;
-        #    the unconditional half has negative-prompt tokens and a zero image embedding
-        context = {
-            "encoder_hidden_states": prompt_embeds,
-            "image_embeddings": image_embeddings,
-            "image_latents": image_latents,
-            "fps": torch.full((batch,), target_fps, dtype=torch.long, device=device),
-        }
-        halves = [context]
-        if guided:
-            unconditional = dict(context, encoder_hidden_states=per_video(negative_prompt_embeds),
-                                 image_embeddings=torch.zeros_like(image_embeddings))
-            halves = [unconditional, context]
-        if not self._sequential_guidance:
-            halves = [{key: torch.cat([h[key] for h in halves]) for key in context}]
+        # 5. DDIM loop, with the conditioning encoded once
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         with self._running(self.unet):
-            conditions = [self.unet.encode_condition(**half) for half in halves]
-
-            # 6. DDIM loop
+            conditions = self._encode_conditions(per_video(prompt_embeds), negative_prompt_embeds,
+                                                 per_video(image_embeddings), per_video(image_latents), target_fps)
             for i, t in enumerate(tqdm(self.scheduler.timesteps, **self._progress_bar_config)):
                 pred = self._predict(latents, t, conditions, guidance_scale)
                 latents = self._step(pred, t, latents, eta, generator)
@@ -392,23 +409,20 @@ class I2VGenXLPipeline:
                     if result.get("stop"):
                         break
 
-        # 7. decode and convert
+        # 6. decode
         if output_type == "latent":
             video = latents
         else:
-            video = (self.decode_latents(latents, decode_chunk_size) * 0.5 + 0.5).clamp(0, 1)
-            if output_type != "pt":
-                video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
-            if output_type == "pil":
-                video = [[PIL.Image.fromarray(f) for f in (v * 255).round().astype(np.uint8)] for v in video]
+            video = self._to_output(self.decode_latents(latents, decode_chunk_size), output_type)
         return I2VGenXLPipelineOutput(frames=video) if return_dict else (video,)
 
-    def _check_inputs(self, prompt, image, height, width, num_frames, negative_prompt, prompt_embeds,
-                      negative_prompt_embeds, output_type):
+    def _check_inputs(self, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
+                      prompt_embeds, negative_prompt_embeds, output_type):
         if height % 8 or width % 8:
             raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        if num_frames < 1 or num_inference_steps < 1:
+            raise ValueError(f"num_frames and num_inference_steps must be at least 1, got {num_frames} and "
+                             f"{num_inference_steps}")
         if image is None:
             raise ValueError("image is required: the first frame of the video is generated from it")
         if (prompt is None) == (prompt_embeds is None):

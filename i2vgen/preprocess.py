@@ -88,7 +88,8 @@ def clip_pixel_values(
     Returns (N, 3, crop_height, crop_width) float32.
     """
     crop_height, crop_width = crop_size
-    images = [center_crop_wide(im, (width, width)).resize((crop_width, crop_height), PIL.Image.BILINEAR) for im in images]
+    squares = [center_crop_wide(im, (width, width)) for im in images]
+    images = [im.resize((crop_width, crop_height), PIL.Image.BILINEAR) for im in squares]
     pixels = pil_to_tensor(images)
     mean = torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1)

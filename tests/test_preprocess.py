@@ -72,7 +72,8 @@ def test_clip_pixel_values_crop_resize_normalise():
 
 
 def test_vae_pixel_values_range_and_size():
-    image = PIL.Image.fromarray(np.concatenate([np.zeros((16, 8, 3)), np.full((16, 8, 3), 255)], axis=1).astype(np.uint8))
+    halves = np.concatenate([np.zeros((16, 8, 3)), np.full((16, 8, 3), 255)], axis=1)  # black | white
+    image = PIL.Image.fromarray(halves.astype(np.uint8))
     out = vae_pixel_values([image], 16, 8)  # (width, height) = (16, 8): scale 1, centre rows 4..11
     assert out.shape == (1, 3, 8, 16)
     assert torch.all(out[..., :8] == -1) and torch.all(out[..., 8:] == 1)
