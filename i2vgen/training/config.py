@@ -37,6 +37,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999  # with warmup: min(ema_decay, (1 + step) / (10 + step))
     mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimiser state stay float32)
+    gradient_checkpointing: bool = False  # recompute block activations in backward (docs/training.md)
 
     # Bookkeeping.
     seed: int = 0

@@ -30,6 +30,7 @@ from i2vgen.pipeline import CLIPImageProcessor, I2VGenXLPipeline
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.data import BASE_COLORS, DIRECTIONS, SHAPES, render_frame, sample_spec, to_tensor
 from i2vgen.training.tokenizer import write_clip_tokenizer
+from i2vgen.training.train import export_pipeline
 
 WORDS = ["a", *BASE_COLORS, *SHAPES, "moving", *DIRECTIONS]
 CLIP_WIDTH = 32  # CLIP hidden size = projection size = the UNet's cross_attention_dim
@@ -150,11 +151,17 @@ def build_base(out, vae_steps: int, seed: int = 0) -> I2VGenXLPipeline:
     return pipe
 
 
-def export(run, out):
-    """Copy the trained pipeline of a training run (`<run>/pipeline`) to `out`, e.g. weights/tiny-demo."""
+def export(run, out, checkpoint=None):
+    """Copy the trained pipeline of a training run (`<run>/pipeline`) to `out`, e.g. weights/tiny-demo;
+    with `checkpoint` (a checkpoint folder of the run), that checkpoint's EMA UNet instead."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns("vae_training.json"))
+    if checkpoint is None:
+        shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns("vae_training.json"))
+    else:
+        base = json.loads((Path(run) / "config.json").read_text())["model"]
+        export_pipeline(base, I2VGenXLUNet.from_pretrained(Path(checkpoint) / "unet_ema"), out)
+        (out / "vae_training.json").unlink(missing_ok=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
 
@@ -170,13 +177,14 @@ def main(argv=None):
     exp = sub.add_parser("export", help="copy a finished training run's pipeline")
     exp.add_argument("--run", required=True)
     exp.add_argument("--out", required=True)
+    exp.add_argument("--checkpoint", help="export this checkpoint folder's EMA UNet instead of the final one")
     args = parser.parse_args(argv)
     if args.command == "base":
         torch.set_num_threads(args.threads)
         build_base(args.out, args.vae_steps, args.seed)
         print(f"wrote {args.out}")
     else:
-        export(args.run, args.out)
+        export(args.run, args.out, args.checkpoint)
 
 
 if __name__ == "__main__":
