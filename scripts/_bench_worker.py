@@ -303,8 +303,11 @@ def load_pipeline(args, dtype, device):
     else:
         pipe.to(device)
     if args.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        notes.append("channels_last: unet.to(memory_format=torch.channels_last)")
+        # Only the 2D convolutions: channels_last is a rank-4 format (the temporal Conv3d weights stay).
+        for module in pipe.unet.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+        notes.append("channels_last: the UNet's Conv2d weights")
     if args.compile:
         # Compile the forward, not the module, so the stage timer can wrap it from outside the graph.
         pipe.unet.forward = torch.compile(pipe.unet.forward)
