@@ -55,6 +55,7 @@ def parse_args():
     p.add_argument("--only", choices=["ours", "ref"], help="run one side only (no ratios)")
     p.add_argument("--label", help="name of this measurement in the table and docs (default: from the options)")
     p.add_argument("--write-docs", action="store_true", help="add or replace this label's table in docs/performance.md")
+    p.add_argument("--from-run", type=Path, help="print (and --write-docs) the table of a saved run folder, no runs")
     ours = p.add_argument_group("ours (each applied only where the pipeline exposes it; the run notes say so)")
     ours.add_argument("--cfg-mode", choices=["batched", "sequential"], help="guidance as one batch of 2 or 2 passes")
     ours.add_argument("--offload", action="store_true", help="model CPU offload")
@@ -252,7 +253,8 @@ def table(args, results, loads, flops):
     lines.append(f"- load average (1 min) before / during / after: {loads[0][0]:.2f} / "
                  f"{statistics.median(l[0] for l in loads[1:-1]) if len(loads) > 2 else loads[-1][0]:.2f} / "
                  f"{loads[-1][0]:.2f}")
-    lines.append(f"- measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'}")
+    when = datetime.datetime.fromtimestamp(Path(first["frames_path"]).stat().st_mtime)
+    lines.append(f"- measured {when.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'}")
     return "\n".join(lines) + "\n"
 
 
@@ -271,16 +273,37 @@ def write_docs(label, text):
     print(f"updated {DOCS.relative_to(ROOT)} ({label})")
 
 
+def load_run(args):
+    """Results and load averages of a saved run folder (the options must be given again for the label)."""
+    results = {}
+    for path in sorted(args.from_run.glob("*-*.json")):
+        result = json.loads(path.read_text())
+        result["frames_path"] = str(path.with_suffix(".npy"))
+        results.setdefault(result["side"], []).append(result)
+    results = {side: results[side] for side in ("ours", "ref") if side in results}
+    args.repeats = max(len(runs) for runs in results.values())
+    loads_path = args.from_run / "loads.json"
+    loads = json.loads(loads_path.read_text()) if loads_path.exists() else [[float("nan")]] * 2
+    return results, loads
+
+
 def main():
     args = parse_args()
-    ensure_ref_venv(args)
-    ensure_model(args)
-    flops = ensure_flops(args)
-    run_dir = ROOT / "out" / "bench" / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True)
-    print(f"{label_of(args)}: {args.repeats} x {'ours' if args.only == 'ours' else 'ref' if args.only else 'ours + ref'}"
-          f" in {run_dir.relative_to(ROOT)}", flush=True)
-    results, loads = run_all(args, run_dir)
+    if args.from_run:
+        flops = json.loads((args.model / "flops.json").read_text())
+        results, loads = load_run(args)
+        run_dir = args.from_run
+    else:
+        ensure_ref_venv(args)
+        ensure_model(args)
+        flops = ensure_flops(args)
+        run_dir = ROOT / "out" / "bench" / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True)
+        print(f"{label_of(args)}: {args.repeats} x "
+              f"{'ours' if args.only == 'ours' else 'ref' if args.only else 'ours + ref'} in {run_dir.relative_to(ROOT)}",
+              flush=True)
+        results, loads = run_all(args, run_dir)
+        (run_dir / "loads.json").write_text(json.dumps(loads))
     text = table(args, results, loads, flops)
     (run_dir / "table.md").write_text(text)
     print()
