@@ -11,6 +11,10 @@ One call runs, in the reference's order (which fixes the order random numbers ar
 
 Beyond the reference: one image broadcasts over a list of prompts, classifier-free guidance can run as two
 sequential passes (half the activation memory), and models can be offloaded to the CPU between uses.
+Two reference bugs are not reproduced, both only with a list of several images: the reference crops every
+image with the first one's scale and offsets (we crop each on its own), and with num_videos_per_prompt > 1
+it tiles the image latents while repeating the prompts per video, pairing prompts with the wrong images
+(we repeat both per video).
 """
 
 import contextlib
