@@ -9,6 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first, pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,mp4]'
 
 .venv/bin/python -m pytest -q "$@"
