@@ -112,7 +112,8 @@ class UNetMidBlock2D(nn.Module):
         for attention in self.attentions:
             h, w = x.shape[-2:]
             tokens = rearrange(x, "n c h w -> n (h w) c")
-            x = rearrange(attention(tokens), "n (h w) c -> n c h w", h=h, w=w)
+            # .contiguous(): the reference hands the next resnet a contiguous map; the convs round by layout.
+            x = rearrange(attention(tokens), "n (h w) c -> n c h w", h=h, w=w).contiguous()
         return self.resnets[1](x)
 
 
