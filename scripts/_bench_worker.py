@@ -144,13 +144,20 @@ def build(args):
         CLIPVisionConfig(image_size=224, patch_size=14, projection_dim=cfg["projection_dim"], hidden_act="gelu",
                          **cfg["vision"])
     )
+    unet = I2VGenXLUNet(**cfg["unet"])
+    # A fresh build zero-initialises the last conv of every temporal conv layer (identity at the start of
+    # training), which would leave those layers out of the frame comparison: give them small random values.
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if param.ndim > 1 and not param.any():
+                param.normal_(std=0.02)
     pipe = I2VGenXLPipeline(
         vae=AutoencoderKL(**cfg["vae"]),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
-        unet=I2VGenXLUNet(**cfg["unet"]),
+        unet=unet,
         scheduler=DDIMScheduler(**cfg["scheduler"]),
     ).to(dtype)
     pipe.save_pretrained(args.out)

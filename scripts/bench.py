@@ -46,6 +46,7 @@ def parse_args():
     p.add_argument("--config", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--model", type=Path, help="saved pipeline folder (built there when missing)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the saved pipeline even if present")
+    p.add_argument("--build-only", action="store_true", help="build (and count FLOPs), then stop")
     p.add_argument("--repeats", type=int, help="timed processes per side (default: cpu 3, gpu 2)")
     p.add_argument("--threads", type=int, help="torch threads in each process, same for both sides (default: cpu 1)")
     p.add_argument("--device", help="default: cpu for --config cpu, cuda for --config gpu")
@@ -297,6 +298,9 @@ def main():
         ensure_ref_venv(args)
         ensure_model(args)
         flops = ensure_flops(args)
+        if args.build_only:
+            print(json.dumps(flops))
+            return
         run_dir = ROOT / "out" / "bench" / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True)
         print(f"{label_of(args)}: {args.repeats} x "
