@@ -295,6 +295,8 @@ def load_pipeline(args, dtype, device):
             pipe.to(device)
         return pipe, notes
 
+    # The package of the checkout this script lives in, whatever is installed in the environment.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from i2vgen import I2VGenXLPipeline
 
     pipe = I2VGenXLPipeline.from_pretrained(args.model, torch_dtype=dtype)
