@@ -302,14 +302,10 @@ class I2VGenXLPipeline:
     def _predict(self, latents, t, conditions, guidance_scale: float) -> torch.Tensor:
         """The UNet's prediction; with guidance, uncond + w * (cond - uncond) (Ho & Salimans 2022).
 
-        `conditions` covers the stacked [unconditional, conditional] batch in one or two passes."""
-        copies = 2 if guidance_scale > 1 else 1
-        copies_per_pass = copies // len(conditions)
-        pred = torch.cat([
-            self.unet(torch.cat([latents] * copies_per_pass), t, condition=c, return_dict=False)[0]
-            for c in conditions
-        ])
-        if copies == 1:
+        `conditions` covers the stacked [unconditional, conditional] batch in one or two passes. The latents
+        go in once: with a condition of twice their batch the UNet runs its context-free trunk once for both."""
+        pred = torch.cat([self.unet(latents, t, condition=c, return_dict=False)[0] for c in conditions])
+        if guidance_scale <= 1:
             return pred
         uncond, cond = pred.chunk(2)
         return uncond + guidance_scale * (cond - uncond)

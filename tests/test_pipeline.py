@@ -142,10 +142,15 @@ def test_cached_condition_equals_plain_forward(tiny_pipe, monkeypatch):
         raw_inputs[id(condition)] = raw
         return condition
 
-    # Every step runs the UNet's plain forward on the raw conditioning instead of the cached condition.
+    def plain(sample, t, condition, return_dict):
+        raw = raw_inputs[id(condition)]
+        copies = raw["image_latents"].shape[0] // sample.shape[0]  # the guidance halves get the latents twice
+        return plain_forward(torch.cat([sample] * copies), t, return_dict=return_dict, **raw)
+
+    # Every step runs the UNet's plain forward on the raw conditioning (and the duplicated batch) instead of
+    # the cached condition (and the shared trunk).
     monkeypatch.setattr(unet, "encode_condition", remember)
-    monkeypatch.setattr(unet, "forward", lambda sample, t, condition, return_dict: plain_forward(
-        sample, t, return_dict=return_dict, **raw_inputs[id(condition)]))
+    monkeypatch.setattr(unet, "forward", plain)
     plain = run(tiny_pipe, eta=0.5)
     np.testing.assert_allclose(plain, cached, rtol=0, atol=SCHEDULING_ATOL)
 

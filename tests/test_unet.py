@@ -86,6 +86,31 @@ def test_batch_items_are_independent(name):
         assert rel_error(out, io["out"][item]) <= REL_TOL
 
 
+def guidance_inputs(io: dict) -> dict:
+    """Raw inputs of a guidance-style batch: [the recorded rows..., the same rows with other context] -- the
+    second group gets other text and CLIP-image tokens, and the same image latents and fps."""
+    raw = raw_inputs(io)
+    other = dict(raw, encoder_hidden_states=raw["encoder_hidden_states"].flip(1) * 0.5,
+                 image_embeddings=-raw["image_embeddings"])
+    return {k: torch.cat([raw[k], other[k]]) for k in raw}
+
+
+@pytest.mark.parametrize("name", CASES)
+@torch.no_grad()
+def test_shared_trunk_equals_duplicated_batch(name):
+    """A condition with twice the sample's batch (classifier-free guidance) runs the context-free trunk once
+    and gives what the duplicated sample gives; the second group really sees its own context."""
+    unet, io, _ = load_case(name)
+    condition = unet.encode_condition(**guidance_inputs(io))
+    sample, t = io["sample"], io["timestep"]
+    shared = unet(sample, t, condition=condition).sample
+    duplicated = unet(torch.cat([sample] * 2), t.repeat(2), condition=condition).sample
+    # Same operations on the same rows; only GEMM blocking over a different row count can move the last bits.
+    assert rel_error(shared, duplicated) <= 1e-6
+    assert rel_error(shared[:len(sample)], io["out"]) <= REL_TOL
+    assert rel_error(shared[len(sample):], io["out"]) > 1e-3  # the other context changes the output
+
+
 # Half precision: the model runs in the requested dtype (timestep and fps features cast as the reference
 # casts them). Against the float32 reference: measured 9e-3 (fp16, 10-bit mantissa) and 5.4e-2 (bf16,
 # 7-bit mantissa, relative rounding 4e-3 per op over ~40 layers); the bounds leave ~3x headroom. A missing
@@ -146,6 +171,10 @@ def test_bad_inputs_raise_clear_errors(small):
         unet(sample, t, condition=condition, **raw)
     with pytest.raises(ValueError, match="does not match sample"):
         unet(sample[..., :-1], t, condition=condition)
+    with pytest.raises(ValueError, match="must share the image latents"):
+        mixed = dict(guidance_inputs(io))
+        mixed["image_latents"] = torch.cat([raw["image_latents"], raw["image_latents"] + 1])
+        unet(sample, t, condition=unet.encode_condition(**mixed))
     with pytest.raises(ValueError, match="not supported"):
         unet(sample, t, **raw, cross_attention_kwargs={"scale": 0.5})
 

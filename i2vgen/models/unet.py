@@ -199,6 +199,10 @@ class I2VGenXLUNet(ModelMixin):
 
         Pass the raw conditioning (fps, image_latents, image_embeddings, encoder_hidden_states, as the
         reference) or a precomputed `condition=` from `encode_condition`, not both.
+        A condition may hold k times the sample's batch, k groups of B rows (classifier-free guidance: k = 2,
+        [unconditional..., conditional...]) that share the image latents and fps: row j*B + i is predicted
+        from sample row i, and the output has k*B rows. The layers before the first cross-attention then run
+        once per sample instead of once per row.
         `timestep_cond` and `cross_attention_kwargs` exist for signature compatibility; this model has no use
         for them, so anything but None is an error.
         """
@@ -219,28 +223,35 @@ class I2VGenXLUNet(ModelMixin):
         else:
             _check(all(x is None for x in raw), "pass either condition= or fps/image_latents/image_embeddings/"
                                                 "encoder_hidden_states, not both")
-            _check(condition.image_latents.shape == sample.shape,
-                   f"condition was encoded for image_latents of shape {tuple(condition.image_latents.shape)}, "
-                   f"which does not match sample {tuple(sample.shape)}")
+            encoded = condition.image_latents.shape
+            _check(encoded[1:] == sample.shape[1:] and encoded[0] % batch == 0,
+                   f"condition was encoded for image_latents of shape {tuple(encoded)}, which does not match "
+                   f"sample {tuple(sample.shape)} (its batch must be a multiple of the sample's)")
         out = self._denoise(sample, timestep, condition)
         return UNet3DConditionOutput(sample=out) if return_dict else (out,)
 
     def _denoise(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
         batch, _, frames, _, _ = sample.shape
+        groups = condition.image_latents.shape[0] // batch  # condition rows per sample row (see forward)
 
         # 1. Time: sinusoids -> MLP, plus the fps embedding (stage 2), one copy per frame.
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
-        emb = self.time_embedding(self._sinusoids(t.expand(batch))) + condition.fps_emb
+        emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(groups))) + condition.fps_emb
         emb = repeat(emb, "b d -> (b f) d", f=frames)
         # 3. Context tokens (from the condition), one copy per frame.
         context = repeat(condition.context, "b m d -> (b f) m d", f=frames)
 
         # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in,
-        # then attention across frames.
-        x = torch.cat([sample, condition.image_latents], dim=1)
+        # then attention across frames. Neither reads the context or the timestep, so the condition's groups
+        # share this trunk: it runs on the sample's batch and is copied to each group afterwards.
+        image_latents = condition.image_latents[:batch]
+        _check(groups == 1 or torch.equal(image_latents.repeat(groups, 1, 1, 1, 1), condition.image_latents),
+               "the groups of a condition with a multiple of the sample's batch must share the image latents")
+        x = torch.cat([sample, image_latents], dim=1)
         x = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
         x = self.transformer_in(x, num_frames=frames)
+        x = x.repeat(groups, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the condition's rows
 
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
