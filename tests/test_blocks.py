@@ -58,6 +58,18 @@ def test_attention_is_softmax_qk_v():
 
 
 @torch.no_grad()
+def test_cross_attention_to_a_context_shared_by_frames():
+    """A context with one row per video (b, M, D) for tokens ((b f), N, C) equals the context repeated per
+    frame: each query's softmax runs over the same keys either way."""
+    torch.manual_seed(0)
+    attn = _randomised(Attention(12, cross_attention_dim=6, heads=3, dim_head=5))
+    b, f = 2, 3
+    x, ctx = torch.randn(b * f, 7, 12), torch.randn(b, 4, 6)
+    # Same dot products; only the kernel's blocking over a longer query sequence can move the last bits.
+    assert rel_error(attn(x, ctx), attn(x, ctx.repeat_interleave(f, dim=0))) < 1e-6
+
+
+@torch.no_grad()
 def test_vae_style_attention_normalises_and_adds_the_input():
     torch.manual_seed(0)
     attn = Attention(8, heads=1, dim_head=8, bias=True, norm_num_groups=2, eps=1e-6,

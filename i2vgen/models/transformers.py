@@ -59,7 +59,7 @@ class Transformer2DModel(nn.Module):
         self.proj_out = nn.Linear(inner_dim, channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x ((b f), c, h, w), context ((b f), M, cross_attention_dim) -> ((b f), c, h, w)."""
+        """x ((b f), c, h, w), context (b, M, cross_attention_dim) (or one copy per frame) -> ((b f), c, h, w)."""
         height = x.shape[-2]
         h = rearrange(self.norm(x), "n c h w -> n (h w) c")
         h = self.proj_in(h)

@@ -239,8 +239,8 @@ class I2VGenXLUNet(ModelMixin):
         _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
         emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(groups))) + condition.fps_emb
         emb = repeat(emb, "b d -> (b f) d", f=frames)
-        # 3. Context tokens (from the condition), one copy per frame.
-        context = repeat(condition.context, "b m d -> (b f) m d", f=frames)
+        # 3. Context tokens (from the condition): one copy per video, shared by its frames' cross-attention.
+        context = condition.context
 
         # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in,
         # then attention across frames. Neither reads the context or the timestep, so the condition's groups
