@@ -12,7 +12,7 @@ import torch
 
 from i2vgen.models.attention import Attention
 from i2vgen.models.embeddings import timestep_embedding
-from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
+from i2vgen.models.resnet import Downsample2D, FrameConv, ResnetBlock2D, TemporalConvLayer, Upsample2D
 from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalModel
 
 # Our module vs itself on a different batch/frame split: only kernel blocking can differ (a few float32
@@ -98,6 +98,16 @@ def test_resnet_block_without_residual_branch_is_scaled_identity():
     x = torch.randn(3, 8, 5, 4)
     assert block.conv_shortcut is None and torch.equal(block(x, torch.randn(3, 4)), x / 2.0)
     assert ResnetBlock2D(8, 16, groups=2).conv_shortcut is not None
+
+
+@torch.no_grad()
+def test_frame_conv_is_the_conv3d():
+    """The (3, 1, 1) Conv3d, computed as a (3, 1) Conv2d, keeps its Conv3d weight and its output."""
+    conv = _randomised(FrameConv(8))
+    assert conv.weight.shape == (8, 8, 3, 1, 1)
+    x = torch.randn(2, 8, 5, 4, 3)
+    # The same 24-term dot products in another kernel: float32 summation order only.
+    assert rel_error(conv(x), torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=(1, 0, 0))) < 1e-6
 
 
 @torch.no_grad()

@@ -81,12 +81,27 @@ class Upsample2D(nn.Module):
         return self.conv(x)
 
 
+class FrameConv(nn.Conv3d):
+    """A Conv3d with a (3, 1, 1) kernel (a 1D conv along frames), kept as a Conv3d for its checkpoint shape.
+
+    It runs as the equal (3, 1) Conv2d on (b, c, f, (h w)): PyTorch's CPU Conv3d falls back to a slow generic
+    kernel, while Conv2d goes to oneDNN (several times faster here)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        out = F.conv2d(x.reshape(b, c, f, h * w), self.weight.squeeze(-1), self.bias, padding=(1, 0))
+        return out.view(b, -1, f, h, w)
+
+
 def _temporal_conv(channels: int, groups: int, dropout: float | None) -> nn.Sequential:
     """GroupNorm -> SiLU [-> Dropout] -> Conv3d with a (3, 1, 1) kernel: a 1D conv along frames only."""
     layers = [nn.GroupNorm(groups, channels), nn.SiLU()]
     if dropout is not None:
         layers.append(nn.Dropout(dropout))
-    layers.append(nn.Conv3d(channels, channels, kernel_size=(3, 1, 1), padding=(1, 0, 0)))
+    layers.append(FrameConv(channels))
     return nn.Sequential(*layers)
 
 
