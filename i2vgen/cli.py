@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--out", type=Path, default=Path("video.gif"), help="output .gif or .mp4 (default: video.gif)")
+    # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
+    commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
+                                                      "(see docs/training.md and i2vgen train --help)")
     return parser
 
 
@@ -135,6 +138,12 @@ def generate(args) -> Path:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from .training.train import main as train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         generate(args)

@@ -85,3 +85,13 @@ def test_help_through_the_entry_module():
     for flag in ("--image", "--prompt", "--model", "--negative-prompt", "--steps", "--guidance", "--frames",
                  "--fps", "--height", "--width", "--seed", "--eta", "--dtype", "--device", "--out"):
         assert flag in result.stdout
+
+
+def test_train_subcommand_reaches_the_training_module(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: i2vgen train" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # --config is required
+        main(["train"])
+    assert exit_info.value.code == 2
