@@ -93,6 +93,11 @@ class GELU(nn.Module):
         return F.gelu(self.proj(x))
 
 
+# Feed-forward rows are independent, so running them in chunks is exact. The chunks bound the hidden activation
+# (the UNet's largest tensor, in transformer_in) to 1/8 of its size, but are never below 2**21 elements.
+MAX_FF_CHUNKS, MIN_FF_CHUNK_ELEMENTS = 8, 2 ** 21
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP: activation projection to `mult * dim`, dropout, linear back to `dim_out`.
 
@@ -114,4 +119,6 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        hidden = x.shape[:-1].numel() * self.net[0].proj.out_features
+        chunks = min(MAX_FF_CHUNKS, -(-hidden // MIN_FF_CHUNK_ELEMENTS))
+        return self.net(x) if chunks == 1 else torch.cat([self.net(part) for part in x.chunk(chunks)])
