@@ -200,9 +200,9 @@ class I2VGenXLUNet(ModelMixin):
         Pass the raw conditioning (fps, image_latents, image_embeddings, encoder_hidden_states, as the
         reference) or a precomputed `condition=` from `encode_condition`, not both.
         A condition may hold k times the sample's batch, k groups of B rows (classifier-free guidance: k = 2,
-        [unconditional..., conditional...]) that share the image latents and fps: row j*B + i is predicted
-        from sample row i, and the output has k*B rows. The layers before the first cross-attention then run
-        once per sample instead of once per row.
+        [unconditional..., conditional...]) that share the image latents: row j*B + i is predicted from
+        sample row i, and the output has k*B rows. The layers before the first cross-attention (conv_in,
+        transformer_in) read neither the context nor the timestep, so they run once per sample, not per row.
         `timestep_cond` and `cross_attention_kwargs` exist for signature compatibility; this model has no use
         for them, so anything but None is an error.
         """
