@@ -114,11 +114,18 @@ def write_grid(path: Path, results: list, videos: list, per_row: int = 4, scale:
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
 
 
-def write_curve(path: Path, log: Path, width: int = 640, height: int = 360):
-    """Training loss per step (light) and its running mean over 50 steps (dark), log-scale y, as a PNG."""
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    steps = np.array([e["step"] for e in entries])
-    loss = np.log10(np.array([e["loss"] for e in entries]))
+def write_curve(path: Path, logs: list[Path], width: int = 640, height: int = 360):
+    """Training loss per step (light) and its running mean over 50 steps (dark), log-scale y, as a PNG.
+    Several logs are runs that continue one another; their steps are laid end to end, with a mark where a
+    new run starts."""
+    steps, loss, starts = [], [], []
+    for log in logs:
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        offset = steps[-1] if steps else 0
+        starts.append(offset)
+        steps += [offset + e["step"] for e in entries]
+        loss += [e["loss"] for e in entries]
+    steps, loss = np.array(steps), np.log10(np.array(loss))
     smooth = np.convolve(loss, np.ones(50) / 50, mode="valid") if len(loss) >= 50 else loss
     margin = 50
     lo, hi = loss.min(), loss.max()
@@ -129,6 +136,10 @@ def write_curve(path: Path, log: Path, width: int = 640, height: int = 360):
     draw.line([to_xy(s, v) for s, v in zip(steps, loss)], fill=(190, 200, 230), width=1)
     draw.line([to_xy(s, v) for s, v in zip(steps[len(steps) - len(smooth):], smooth)], fill=(20, 50, 160), width=2)
     draw.rectangle([margin, margin, width - margin, height - margin], outline=(0, 0, 0))
+    for start in starts[1:]:
+        x = to_xy(start, lo)[0]
+        draw.line([(x, margin), (x, height - margin)], fill=(200, 60, 60), width=1)
+        draw.text((x + 4, margin + 4), "stage 2", fill=(200, 60, 60))
     for v in np.linspace(lo, hi, 5):
         draw.text((4, to_xy(steps[0], v)[1] - 6), f"{10 ** v:.3f}", fill=(0, 0, 0))
     for s in np.linspace(steps[0], steps[-1], 5):
@@ -146,7 +157,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=10, help="videos per pipeline call")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", type=Path, help="write a GIF grid of examples here")
-    parser.add_argument("--training-log", type=Path, help="log.jsonl of the training run")
+    parser.add_argument("--training-log", type=Path, action="append",
+                        help="log.jsonl of the training run (repeat for runs that continue one another)")
     parser.add_argument("--curve", type=Path, help="write the training curve PNG here (needs --training-log)")
     parser.add_argument("--json", type=Path, help="write all measurements here")
     args = parser.parse_args(argv)

@@ -19,7 +19,8 @@ from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMotion, is_heldout, render_clip,
                                   sample_spec)
-from i2vgen.training.demo import RELEASED_SCHEDULER, WORDS
+from i2vgen.training.demo import (MAX_TOKENS, RELEASED_SCHEDULER, WORDS, caption_embeddings, clip_encoders,
+                                  pretrain_text_encoder)
 from i2vgen.training.tokenizer import write_clip_tokenizer
 from i2vgen.training.train import EMA, enable_gradient_checkpointing, image_latents_from, offset_noise, train, v_prediction_loss
 
@@ -33,7 +34,7 @@ def _centroid(frame: np.ndarray, background: int) -> np.ndarray:
 
 def test_clips_match_the_specification():
     rng = np.random.default_rng(0)
-    for _ in range(100):
+    for _ in range(40):
         spec = sample_spec(rng)
         clip = render_clip(spec)
         assert clip.shape == (8, 64, 64, 3) and clip.dtype == np.uint8
@@ -42,7 +43,7 @@ def test_clips_match_the_specification():
         assert np.abs(np.subtract(spec.rgb, BASE_COLORS[spec.color])).max() <= 20
         assert spec.caption == f"a {spec.color} {spec.shape} moving {spec.direction}"
         # Two colours only: background grey and the object's colour.
-        assert {tuple(p) for p in clip.reshape(-1, 3)} == {(spec.background,) * 3, spec.rgb}
+        assert {tuple(p) for p in np.unique(clip.reshape(-1, 3), axis=0)} == {(spec.background,) * 3, spec.rgb}
         # The whole object is inside every frame: its area never shrinks.
         areas = [(f != spec.background).any(-1).sum() for f in clip]
         assert len(set(areas)) == 1
@@ -82,6 +83,26 @@ def test_tokenizer_gives_each_word_one_distinct_token(tmp_path):
     assert all(len(i) == 3 for i in ids)  # BOS, the word, EOS
     assert len({i[1] for i in ids}) == len(WORDS)
     assert len(tokenizer("a zebra").input_ids) > 3  # unknown words still tokenize, byte by byte
+
+
+def test_text_pretraining_spreads_the_caption_over_the_padding_tokens(tmp_path):
+    write_clip_tokenizer(tmp_path, WORDS, model_max_length=MAX_TOKENS)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    text_encoder, _ = clip_encoders(len(json.loads((tmp_path / "vocab.json").read_text())))
+    ids = tokenizer(["a red circle moving left", "a red circle moving right"], padding="max_length",
+                    max_length=MAX_TOKENS, return_tensors="pt").input_ids
+
+    def padding_gap():  # how far apart the two captions' EOS/padding tokens are, relative to their norm
+        with torch.no_grad():
+            tokens = caption_embeddings(text_encoder, ids)[:, 6:]
+        return ((tokens[0] - tokens[1]).norm(dim=-1) / tokens[0].norm(dim=-1)).mean().item()
+
+    before = padding_gap()
+    losses = pretrain_text_encoder(text_encoder, tokenizer)
+    assert losses[-1] < 0.1 * losses[0]
+    after = padding_gap()
+    assert after > 3 * before and after > 1.0  # from a partial shift (~0.3) to unrelated tokens (~1.4 = sqrt 2)
 
 
 # ---- objective ----
@@ -193,13 +214,13 @@ def _micro_pipeline(folder):
 
 def test_checkpoints_resume_bit_for_bit(tmp_path):
     base = _micro_pipeline(tmp_path)
-    common = dict(model=str(base), num_clips=4, batch_size=2, gradient_accumulation_steps=2, max_steps=4,
-                  checkpoint_every=2, keep_checkpoints=1, lr_warmup_steps=1, learning_rate=1e-3, ema_decay=0.5)
+    common = dict(model=str(base), num_clips=2, batch_size=1, gradient_accumulation_steps=2, max_steps=3,
+                  checkpoint_every=1, keep_checkpoints=1, lr_warmup_steps=1, learning_rate=1e-3, ema_decay=0.5)
     straight = train(TrainConfig(output_dir=str(tmp_path / "a"), **common))
     assert train(TrainConfig(output_dir=str(tmp_path / "b"), **common), until=2) is None
     assert [p.name for p in (tmp_path / "b").glob("checkpoint-*")] == ["checkpoint-000002"]
     resumed = train(TrainConfig(output_dir=str(tmp_path / "b"), **common))
-    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-000004"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-000003"]
 
     a = I2VGenXLUNet.from_pretrained(straight / "unet").state_dict()
     b = I2VGenXLUNet.from_pretrained(resumed / "unet").state_dict()
@@ -212,6 +233,6 @@ def test_checkpoints_resume_bit_for_bit(tmp_path):
     pipe = I2VGenXLPipeline.from_pretrained(resumed)
     pipe.set_progress_bar_config(disable=True)
     image = PIL.Image.fromarray(render_clip(sample_spec(np.random.default_rng(0), "eval"))[0])
-    frames = pipe("a red circle moving left", image, height=64, width=64, num_frames=3, num_inference_steps=2,
+    frames = pipe("a red circle moving left", image, height=64, width=64, num_frames=2, num_inference_steps=1,
                   output_type="np").frames
-    assert np.asarray(frames).shape == (1, 3, 64, 64, 3)
+    assert np.asarray(frames).shape == (1, 2, 64, 64, 3)

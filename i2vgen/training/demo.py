@@ -64,6 +64,43 @@ def clip_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPVisionModelWithPr
     return CLIPTextModel(text).eval(), CLIPVisionModelWithProjection(vision).eval()
 
 
+def caption_embeddings(text_encoder: CLIPTextModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Text tokens as the pipeline computes them with clip_skip=1: the penultimate layer's hidden states,
+    then the final LayerNorm. (transformers 4.x nests the layers under .text_model, 5.x does not.)"""
+    hidden = text_encoder(input_ids, output_hidden_states=True).hidden_states[-2]
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+
+
+def pretrain_text_encoder(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, steps: int = 300) -> list[float]:
+    """Give the random text tower a little of what a real CLIP has: every token after the caption carries
+    its meaning. A linear probe on each end-of-text/padding token's embedding is trained, with the tower, to
+    name the caption's colour, shape and direction; the probe is then thrown away.
+
+    With random weights, only the token of each word differs between captions ("left" vs "right" at one
+    position out of the UNet's 84 context tokens), a signal too diluted for the tiny UNet to pick up in
+    a CPU-sized run; after this step ten padding tokens carry it too."""
+    vocabularies = [list(BASE_COLORS), list(SHAPES), list(DIRECTIONS)]
+    captions = [(c, s, d) for c in vocabularies[0] for s in vocabularies[1] for d in vocabularies[2]]
+    ids = tokenizer([f"a {c} {s} moving {d}" for c, s, d in captions], padding="max_length",
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    labels = [torch.tensor([v.index(caption[i]) for caption in captions]) for i, v in enumerate(vocabularies)]
+    tail = slice(6, None)  # after BOS and the 5 words: EOS and padding
+    probes = torch.nn.ModuleList(torch.nn.Linear(CLIP_WIDTH, len(v)) for v in vocabularies)
+    optimizer = torch.optim.Adam([*text_encoder.parameters(), *probes.parameters()], lr=3e-3)
+    text_encoder.train()
+    losses = []
+    for _ in range(steps):
+        tokens = caption_embeddings(text_encoder, ids)[:, tail]  # (32, T, D)
+        loss = sum(torch.nn.functional.cross_entropy(probe(tokens).flatten(0, 1), label.repeat_interleave(tokens.shape[1]))
+                   for probe, label in zip(probes, labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    text_encoder.eval().requires_grad_(True)
+    return losses
+
+
 def new_autoencoder() -> AutoencoderKL:
     """A 4-level VAE whose posterior starts almost deterministic: the log-variance half of quant_conv is
     biased to -10 (std ~0.007). With the KL weight tiny, a unit-variance start would bury the small early
@@ -122,18 +159,27 @@ def _text_encoder_in_4x_layout(folder: Path):
         save_file({f"text_model.{key}": value for key, value in state.items()}, path, metadata={"format": "pt"})
 
 
-def build_base(out, vae_steps: int, seed: int = 0) -> I2VGenXLPipeline:
-    """Write the starting pipeline to `out`: frozen parts ready, VAE trained, UNet randomly initialised."""
+def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> I2VGenXLPipeline:
+    """Write the starting pipeline to `out`: frozen parts ready, VAE trained, UNet randomly initialised.
+
+    `vae_from`: a base folder written earlier with the same seed and vae_steps, whose VAE is reused. The VAE
+    stage is seeded on its own (torch seed + 1, data seed), so it would come out the same: this only saves
+    its ten minutes when another part changes."""
     out = Path(out)
     scratch = out.parent / (out.name + "-tokenizer")
     vocab_size = write_clip_tokenizer(scratch, WORDS, MAX_TOKENS)
 
     torch.manual_seed(seed)
     text_encoder, image_encoder = clip_encoders(vocab_size)
+    text_losses = pretrain_text_encoder(text_encoder, CLIPTokenizer.from_pretrained(scratch))
     torch.manual_seed(seed + 1)
-    vae = new_autoencoder()
-    mses = train_autoencoder(vae, vae_steps, seed=seed)
-    vae.config.scaling_factor = fit_scaling_factor(vae)
+    if vae_from is None:
+        vae = new_autoencoder()
+        mses = train_autoencoder(vae, vae_steps, seed=seed)
+        vae.config.scaling_factor = fit_scaling_factor(vae)
+    else:
+        vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae")
+        mses = json.loads((Path(vae_from) / "vae_training.json").read_text())["mse"]
     torch.manual_seed(seed + 2)
     pipe = I2VGenXLPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(scratch),
@@ -148,6 +194,7 @@ def build_base(out, vae_steps: int, seed: int = 0) -> I2VGenXLPipeline:
     shutil.move(scratch, out / "tokenizer")
     _text_encoder_in_4x_layout(out / "text_encoder")
     (out / "vae_training.json").write_text(json.dumps({"steps": vae_steps, "mse": mses}) + "\n")
+    (out / "text_encoder_training.json").write_text(json.dumps({"loss": text_losses}) + "\n")
     return pipe
 
 
@@ -174,6 +221,7 @@ def main(argv=None):
     base.add_argument("--vae-steps", type=int, default=1500)
     base.add_argument("--seed", type=int, default=0)
     base.add_argument("--threads", type=int, default=1)
+    base.add_argument("--vae-from", help="reuse the VAE of a base folder built with the same seed and steps")
     exp = sub.add_parser("export", help="copy a finished training run's pipeline")
     exp.add_argument("--run", required=True)
     exp.add_argument("--out", required=True)
@@ -181,7 +229,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "base":
         torch.set_num_threads(args.threads)
-        build_base(args.out, args.vae_steps, args.seed)
+        build_base(args.out, args.vae_steps, args.seed, args.vae_from)
         print(f"wrote {args.out}")
     else:
         export(args.run, args.out, args.checkpoint)
