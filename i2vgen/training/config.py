@@ -17,6 +17,7 @@ class TrainConfig:
     num_frames: int = 8
     resolution: int = 64
     fps: int = 16  # the fps micro-condition (the pipeline's target_fps default)
+    start_anywhere: bool = False  # start positions independent of the direction (data.sample_spec)
 
     # Objective (REFERENCE.md; VGen configs/i2vgen_xl_train.yaml): v-prediction on the scheduler's
     # zero-terminal-SNR cosine schedule, offset noise of strength 0.1.

@@ -61,7 +61,8 @@ def is_heldout(spec: MotionSpec) -> bool:
     return zlib.crc32(key) % HELDOUT_FRACTION == 0
 
 
-def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: str | None) -> MotionSpec:
+def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: str | None,
+               start_anywhere: bool) -> MotionSpec:
     color = str(rng.choice(list(BASE_COLORS)))
     rgb = tuple(int(np.clip(c + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1), 0, 255)) for c in BASE_COLORS[color])
     shape = str(rng.choice(SHAPES))
@@ -71,7 +72,10 @@ def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: 
     travel = speed * (num_frames - 1)
     dx, dy = DIRECTIONS[direction]
     # Along the motion axis the start leaves room for the whole travel; across it, anywhere inside.
+    # With start_anywhere, the start ignores the direction (the object may leave the frame).
     lo, hi = radius, size - 1 - radius
+    if start_anywhere:
+        dx = dy = 0
     x_range = (lo + travel, hi) if dx < 0 else (lo, hi - travel) if dx > 0 else (lo, hi)
     y_range = (lo + travel, hi) if dy < 0 else (lo, hi - travel) if dy > 0 else (lo, hi)
     start = (int(rng.integers(x_range[0], x_range[1] + 1)), int(rng.integers(y_range[0], y_range[1] + 1)))
@@ -80,14 +84,18 @@ def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: 
 
 
 def sample_spec(rng: np.random.Generator, split: str = "train", num_frames: int = 8, size: int = 64,
-                direction: str | None = None) -> MotionSpec:
-    """Draw a random clip description from the "train" or "eval" split (optionally with a given direction)."""
+                direction: str | None = None, start_anywhere: bool = False) -> MotionSpec:
+    """Draw a random clip description from the "train" or "eval" split (optionally with a given direction).
+
+    By default the object stays inside the frame, so its start position hints at the direction (nothing
+    starts at the left edge moving left). `start_anywhere=True` draws the start independently of the
+    direction, letting the object leave the frame: then only the caption tells the direction."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if direction is not None and direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     while True:
-        spec = _draw_spec(rng, num_frames, size, direction)
+        spec = _draw_spec(rng, num_frames, size, direction, start_anywhere)
         if is_heldout(spec) == (split == "eval"):
             return spec
 
@@ -118,12 +126,14 @@ def to_tensor(clip: np.ndarray) -> torch.Tensor:
 class SyntheticMotion(torch.utils.data.IterableDataset):
     """Endless stream of (video (3, F, H, W) in [-1, 1], caption, first frame uint8 (H, W, 3)), seeded."""
 
-    def __init__(self, seed: int = 0, split: str = "train", num_frames: int = 8, size: int = 64):
+    def __init__(self, seed: int = 0, split: str = "train", num_frames: int = 8, size: int = 64,
+                 start_anywhere: bool = False):
         self.seed, self.split, self.num_frames, self.size = seed, split, num_frames, size
+        self.start_anywhere = start_anywhere
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
         while True:
-            spec = sample_spec(rng, self.split, self.num_frames, self.size)
+            spec = sample_spec(rng, self.split, self.num_frames, self.size, start_anywhere=self.start_anywhere)
             clip = render_clip(spec, self.num_frames, self.size)
             yield to_tensor(clip).movedim(0, 1), spec.caption, clip[0]

@@ -58,7 +58,7 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
     Returns latent posterior mean/std (N, 4, F, h, w), CLIP image embeddings (N, 1, D), caption index (N,),
     one text embedding per distinct caption (K, S, D), and the empty prompt's embedding (S, D) that the
     pipeline uses as the unconditional text."""
-    clips = iter(SyntheticMotion(cfg.seed, "train", cfg.num_frames, cfg.resolution))
+    clips = iter(SyntheticMotion(cfg.seed, "train", cfg.num_frames, cfg.resolution, cfg.start_anywhere))
     means, stds, image_embeds, captions = [], [], [], []
     for start in tqdm(range(0, cfg.num_clips, chunk), desc="encoding clips", leave=False):
         batch = [next(clips) for _ in range(min(chunk, cfg.num_clips - start))]
