@@ -1,18 +1,18 @@
 """Command line: `i2vgen generate --image IMG --prompt TEXT [--out video.gif|video.mp4] ...`.
 
-Without --model it runs the small model embedded in a source checkout (weights/tiny-random), so it works
-on any CPU in seconds; that model is randomly initialised and says so. Errors are one line on stderr and
+Without --model it runs the tiny demo model embedded in a source checkout (weights/tiny-demo: trained here
+on synthetic 64x64 clips of a coloured shape moving left, right, up or down), so it works on any CPU in
+seconds. Errors are one line on stderr and
 a non-zero exit; an interrupted run leaves no partial video.
 """
 
 import argparse
-import json
 import random
 import sys
 import time
 from pathlib import Path
 
-EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "tiny-random"
+EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = (".gif", ".mp4")
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", required=True, help="input image file (its content becomes the first frame)")
     gen.add_argument("--prompt", required=True, help="what should happen in the video")
     gen.add_argument("--model", help="local diffusers-layout folder or hub id, e.g. ali-vilab/i2vgen-xl "
-                                     "(default: the embedded, randomly initialised tiny model)")
+                                     "(default: the embedded tiny demo model, 64x64 synthetic shapes)")
     gen.add_argument("--variant", help='weights variant to load, e.g. "fp16" for the released fp16 files')
     gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
     gen.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
@@ -94,12 +94,6 @@ def resolve_model(model: str | None) -> str:
     return str(EMBEDDED_MODEL)
 
 
-def is_random_init(folder: str) -> bool:
-    """A model folder written by scripts/make_default_weights.py marks itself as randomly initialised."""
-    index = Path(folder, "model_index.json")
-    return index.is_file() and json.loads(index.read_text()).get("_randomly_initialised", False)
-
-
 def generate(args) -> Path:
     check_args(args)
     image = read_image(args.image)
@@ -115,11 +109,10 @@ def generate(args) -> Path:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    if is_random_init(model):
-        print(f"Model: {model}\n  NOTE: this model is RANDOMLY INITIALISED: the video will be noise-like. For real "
-              "videos pass --model ali-vilab/i2vgen-xl (see weights/README.md).", file=sys.stderr)
-    else:
-        print(f"Model: {model}", file=sys.stderr)
+    print(f"Model: {model}", file=sys.stderr)
+    if args.model is None:
+        print("  NOTE: the embedded tiny demo knows only 64x64 synthetic shapes (\"a red circle moving right\"); "
+              "for real videos pass --model ali-vilab/i2vgen-xl (see weights/README.md).", file=sys.stderr)
 
     start = time.perf_counter()
     pipe = I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)

@@ -21,7 +21,7 @@ def test_generate_gif_on_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "v.gif"
     assert generate("--out", str(out)) == 0
     captured = capsys.readouterr()
-    assert "RANDOMLY INITIALISED" in captured.err
+    assert "weights/tiny-demo" in captured.err and "tiny demo" in captured.err
     assert f"Wrote {out} (3 frames, 32x32, 16 fps, seed 1)" in captured.out
     with PIL.Image.open(out) as gif:
         assert gif.n_frames == 3 and gif.size == (32, 32)
