@@ -198,17 +198,21 @@ def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> I2VGenXLPip
     return pipe
 
 
+TRAINING_NOTES = ("vae_training.json", "text_encoder_training.json")  # loss logs of the base stage, not shipped
+
+
 def export(run, out, checkpoint=None):
     """Copy the trained pipeline of a training run (`<run>/pipeline`) to `out`, e.g. weights/tiny-demo;
     with `checkpoint` (a checkpoint folder of the run), that checkpoint's EMA UNet instead."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     if checkpoint is None:
-        shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns("vae_training.json"))
+        shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns(*TRAINING_NOTES))
     else:
         base = json.loads((Path(run) / "config.json").read_text())["model"]
         export_pipeline(base, I2VGenXLUNet.from_pretrained(Path(checkpoint) / "unet_ema"), out)
-        (out / "vae_training.json").unlink(missing_ok=True)
+        for notes in TRAINING_NOTES:
+            (out / notes).unlink(missing_ok=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
 
