@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-# torch first, pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[mp4]'
+bash scripts/setup_venv.sh mp4
 
 mkdir -p out
 # One thread: the tiny model's ops are too small to split, and two threads spinning on a busy 2-core
