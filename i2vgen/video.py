@@ -40,6 +40,9 @@ def _atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)  # mkstemp made the file private (0600); give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt too: remove the partial file, then re-raise
         with contextlib.suppress(FileNotFoundError):

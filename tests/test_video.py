@@ -75,3 +75,14 @@ def test_interrupted_mp4_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_to_video(FRAMES, tmp_path / "v.mp4")
     assert leftovers(tmp_path) == []
+
+
+def test_written_video_has_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = export_to_gif(FRAMES, tmp_path / "v.gif")
+    finally:
+        os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o644  # not the temp file's private 0600
