@@ -22,7 +22,8 @@ from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMoti
 from i2vgen.training.demo import (MAX_TOKENS, RELEASED_SCHEDULER, WORDS, caption_embeddings, clip_encoders,
                                   pretrain_text_encoder)
 from i2vgen.training.tokenizer import write_clip_tokenizer
-from i2vgen.training.train import EMA, enable_gradient_checkpointing, image_latents_from, offset_noise, train, v_prediction_loss
+from i2vgen.training.train import (EMA, enable_gradient_checkpointing, image_latents_from, offset_noise,
+                                  sample_timesteps, train, v_prediction_loss)
 
 
 # ---- data ----
@@ -159,6 +160,20 @@ def test_loss_is_the_velocity_mse_and_decreases():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_timestep_sampling_is_uniform_unless_high_noise_is_asked_for():
+    # Fraction 0 draws exactly what torch.randint(T) draws (VGen's uniform sampling).
+    plain = torch.randint(1000, (64,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sample_timesteps(64, 1000, torch.Generator().manual_seed(3)), plain)
+    # Fraction 1: every row comes from [min, T); fraction 0.5: about half of a large batch does.
+    high = sample_timesteps(4096, 1000, torch.Generator().manual_seed(3), 1.0, 900)
+    assert high.min() >= 900 and high.max() <= 999 and len(high.unique()) == 100
+    mixed = sample_timesteps(4096, 1000, torch.Generator().manual_seed(3), 0.5, 900)
+    # P(t >= 900) = 0.5 + 0.5 * 0.1 = 0.55; 4096 draws: standard error 0.008, so +-0.04 is 5 sigma.
+    assert abs((mixed >= 900).float().mean().item() - 0.55) < 0.04
+    with pytest.raises(ValueError, match="high_noise_min_timestep"):
+        sample_timesteps(4, 1000, torch.Generator(), 0.5, 1000)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -22,6 +22,12 @@ class TrainConfig:
     # Objective (REFERENCE.md; VGen configs/i2vgen_xl_train.yaml): v-prediction on the scheduler's
     # zero-terminal-SNR cosine schedule, offset noise of strength 0.1.
     noise_offset: float = 0.1
+    # Timesteps are uniform over 0..T-1 (VGen). With high_noise_fraction > 0, that share of each batch is
+    # drawn instead from high_noise_min_timestep..T-1, where the sample is nearly pure noise: only there must
+    # the model take the motion from the caption (later steps already see it in x_t), and uniform sampling
+    # spends ~10% of a small run on it. A departure from VGen, off by default; docs/training.md.
+    high_noise_fraction: float = 0.0
+    high_noise_min_timestep: int = 900
     # Classifier-free guidance: with this probability both conditions are replaced by the pipeline's
     # unconditional ones (empty-prompt text embedding, zero CLIP image embedding); the image latents stay.
     uncond_prob: float = 0.1

@@ -111,11 +111,26 @@ def offset_noise(shape, strength: float, generator: torch.Generator) -> torch.Te
     return torch.randn(shape, generator=generator) + strength * torch.randn((b, c, f, 1, 1), generator=generator)
 
 
+def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator,
+                     high_noise_fraction: float = 0.0, high_noise_min_timestep: int = 900) -> torch.Tensor:
+    """Uniform over 0..T-1; with high_noise_fraction > 0 each row is, with that probability, drawn from
+    high_noise_min_timestep..T-1 instead (TrainConfig)."""
+    t = torch.randint(num_train_timesteps, (batch_size,), generator=generator)
+    if high_noise_fraction > 0:
+        if not 0 <= high_noise_min_timestep < num_train_timesteps:
+            raise ValueError(f"high_noise_min_timestep must be in [0, {num_train_timesteps}), got {high_noise_min_timestep}")
+        high = torch.randint(high_noise_min_timestep, num_train_timesteps, (batch_size,), generator=generator)
+        t = torch.where(torch.rand(batch_size, generator=generator) < high_noise_fraction, high, t)
+    return t
+
+
 def v_prediction_loss(unet, scheduler, x0: torch.Tensor, conditions: dict, noise_offset: float,
-                      generator: torch.Generator) -> torch.Tensor:
-    """MSE between the UNet output at a uniformly drawn timestep and the velocity target."""
+                      generator: torch.Generator, high_noise_fraction: float = 0.0,
+                      high_noise_min_timestep: int = 900) -> torch.Tensor:
+    """MSE between the UNet output at a drawn timestep (`sample_timesteps`) and the velocity target."""
     noise = offset_noise(x0.shape, noise_offset, generator)
-    t = torch.randint(scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    t = sample_timesteps(x0.shape[0], scheduler.config.num_train_timesteps, generator, high_noise_fraction,
+                         high_noise_min_timestep)
     x0, noise, t = x0.to(unet.device), noise.to(unet.device), t.to(unet.device)
     x_t = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t)
@@ -240,7 +255,8 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
             for _ in range(cfg.gradient_accumulation_steps):
                 x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
                 with autocast:
-                    loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator)
+                    loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator,
+                                             cfg.high_noise_fraction, cfg.high_noise_min_timestep)
                 (loss / cfg.gradient_accumulation_steps).backward()
                 total += loss.item() / cfg.gradient_accumulation_steps
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
