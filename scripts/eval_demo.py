@@ -136,10 +136,10 @@ def write_curve(path: Path, logs: list[Path], width: int = 640, height: int = 36
     draw.line([to_xy(s, v) for s, v in zip(steps, loss)], fill=(190, 200, 230), width=1)
     draw.line([to_xy(s, v) for s, v in zip(steps[len(steps) - len(smooth):], smooth)], fill=(20, 50, 160), width=2)
     draw.rectangle([margin, margin, width - margin, height - margin], outline=(0, 0, 0))
-    for start in starts[1:]:
+    for stage, start in enumerate(starts[1:], 2):
         x = to_xy(start, lo)[0]
         draw.line([(x, margin), (x, height - margin)], fill=(200, 60, 60), width=1)
-        draw.text((x + 4, margin + 4), "stage 2", fill=(200, 60, 60))
+        draw.text((x + 4, margin + 4), f"stage {stage}", fill=(200, 60, 60))
     for v in np.linspace(lo, hi, 5):
         draw.text((4, to_xy(steps[0], v)[1] - 6), f"{10 ** v:.3f}", fill=(0, 0, 0))
     for s in np.linspace(steps[0], steps[-1], 5):

@@ -1,7 +1,8 @@
 """The tiny demo model: an I2VGen-XL pipeline at toy size, trained on synthetic motion clips on a CPU.
 
     python -m i2vgen.training.demo base --out runs/tiny-demo/base     # tokenizer, CLIP, trained VAE, random UNet
-    i2vgen train --config scripts/train_demo_config.json                # the UNet (i2vgen/training/train.py)
+    i2vgen train --config scripts/train_demo_stage1.json --until 2000   # the UNet (i2vgen/training/train.py),
+                                                                        # then stages 2 and 3: scripts/train_demo.sh
     python -m i2vgen.training.demo export --run runs/tiny-demo/unet --out weights/tiny-demo
 
 `scripts/train_demo.sh` runs all three. Every part has the released model's architecture and scheduler:
