@@ -5,6 +5,7 @@ running our own code; the end-to-end resume test compares two runs of the loop w
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -251,3 +252,17 @@ def test_checkpoints_resume_bit_for_bit(tmp_path):
     frames = pipe("a red circle moving left", image, height=64, width=64, num_frames=2, num_inference_steps=1,
                   output_type="np").frames
     assert np.asarray(frames).shape == (1, 2, 64, 64, 3)
+
+
+def test_demo_recipe_configs_chain_as_the_script_runs_them():
+    # scripts/train_demo.sh: stage 1 is exported at step 2000 to the folder stage 2 starts from; stage 3
+    # starts from stage 2's finished pipeline. Every stage trains on the same clips (the script copies the pool).
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    stages = [TrainConfig.from_json(scripts / f"train_demo_stage{i}.json") for i in (1, 2, 3)]
+    script = (scripts / "train_demo.sh").read_text()
+    assert "--until 2000" in script and stages[0].max_steps > 2000
+    assert stages[1].model == f"{stages[0].output_dir}/pipeline-002000" and f"--out $RUNS/stage1/pipeline-002000" in script
+    assert stages[2].model == f"{stages[1].output_dir}/pipeline"
+    for field in ("seed", "num_clips", "num_frames", "resolution", "fps", "num_threads"):
+        assert len({getattr(stage, field) for stage in stages}) == 1, field
+    assert [stage.high_noise_fraction for stage in stages] == [0.5, 0.9, 0.5]
