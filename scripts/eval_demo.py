@@ -69,6 +69,7 @@ def evaluate(pipe, per_direction: int, seed: int, batch: int) -> tuple[list, lis
         chunk = specs[start : start + batch]
         images = [PIL.Image.fromarray(render_frame(s, 0)) for s in chunk]
         generator = torch.Generator().manual_seed(seed + start)
+        torch.manual_seed(seed + start)  # the pipeline samples the first frame's VAE posterior from the global RNG
         frames = pipe(prompt=[s.caption for s in chunk], image=images, height=64, width=64, num_frames=8,
                       num_inference_steps=25, guidance_scale=6.0, generator=generator, output_type="np").frames
         for spec, image, video in zip(chunk, images, np.asarray(frames)):
