@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Train the tiny demo model from scratch on the CPU and write weights/tiny-demo (docs/training.md).
 #
-#   scripts/train_demo.sh            # about 45 minutes on 2 CPU cores (one thread); rerun to resume after a stop
+#   scripts/train_demo.sh            # 37 minutes on 2 CPU cores (one thread); rerun to resume after a stop
 #
 # Stages (each resumes or is skipped when its result exists, so an interrupted run picks up where it stopped):
 #   0. runs/tiny-demo/base:   tokenizer, CLIP encoders (random, the text tower given a 1-second probe
-#                             pretraining), a VAE trained on single frames, a random UNet               (~10 min)
+#                             pretraining), a VAE trained on single frames, a random UNet               (~8 min)
 #   1. runs/tiny-demo/stage1: the UNet learns to denoise motion clips; half of each batch at t >= 900.
 #                             The first 2000 steps of a 6000-step cosine schedule                   (~2 + 16 min)
 #   2. runs/tiny-demo/stage2: 750 steps with 90% of each batch at t >= 880, where the caption has to pick
