@@ -10,6 +10,9 @@ keys such as `_class_name`) and its weights in safetensors form, in one of three
 
 `from_pretrained` builds the model on the meta device (no memory, no random init), checks every key and
 shape against the file, then assigns the loaded tensors as the parameters: one copy in memory, ever.
+
+A pipeline folder holds `model_index.json` (which class each component is) and one such folder per
+component; `local_folder` resolves a hub id ("ali-vilab/i2vgen-xl") to a downloaded snapshot of one.
 """
 
 import dataclasses
@@ -22,6 +25,18 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+MODEL_INDEX_NAME = "model_index.json"
+
+# model_index.json: component -> (library, class name), as the reference writes it.
+COMPONENTS = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+    "feature_extractor": ("transformers", "CLIPImageProcessor"),
+    "unet": ("diffusers", "I2VGenXLUNet"),
+    "scheduler": ("diffusers", "DDIMScheduler"),
+}
 
 
 def _with_variant(name: str, variant: str | None) -> str:
@@ -71,6 +86,57 @@ def read_config(folder, filename: str = "config.json") -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_config(folder, class_name: str, config: dict, filename: str = "config.json") -> None:
+    """Write `config` with its `_class_name`, as the reference lays the file out (sorted keys, indent 2)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"_class_name": class_name, **config}, indent=2, sort_keys=True) + "\n"
+    (folder / filename).write_text(text)
+
+
+def local_folder(path_or_hub_id, variant: str | None) -> Path:
+    """A local folder as is; otherwise a hub snapshot (from the cache when offline)."""
+    if Path(path_or_hub_id).is_dir():
+        return Path(path_or_hub_id)
+    name = str(path_or_hub_id)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):  # not of the form owner/name
+        raise FileNotFoundError(f"model folder not found: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path_or_hub_id} is not a local folder; to download it from the hub, pip install 'i2vgen[hub]'"
+        ) from None
+    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
+    ignore = None if variant else ["*.fp16.safetensors"]
+    try:
+        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.txt", weights],
+                                      ignore_patterns=ignore))
+    except Exception as error:
+        raise FileNotFoundError(
+            f"{path_or_hub_id} is not a local folder and could not be fetched from the hub or its local cache "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+def check_model_index(folder: Path) -> None:
+    """Raise unless model_index.json names the expected class for every component."""
+    index = read_config(folder, MODEL_INDEX_NAME)
+    for name, (_, class_name) in COMPONENTS.items():
+        found = index.get(name, [None, None])[1]
+        if found != class_name:
+            raise ValueError(f"{folder}/{MODEL_INDEX_NAME}: {name} is {found}, expected {class_name}")
+
+
+def save_components(save_directory, components: dict) -> None:
+    """Write a pipeline folder: model_index.json and each component's save_pretrained in its subfolder."""
+    folder = Path(save_directory)
+    write_config(folder, "I2VGenXLPipeline", {name: list(lib) for name, lib in COMPONENTS.items()},
+                 MODEL_INDEX_NAME)
+    for name in COMPONENTS:
+        components[name].save_pretrained(folder / name)
 
 
 def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
@@ -149,9 +215,7 @@ class ModelMixin(torch.nn.Module):
     def save_pretrained(self, save_directory, variant=None):
         """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are)."""
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": type(self).__name__, **self.config.to_dict()}
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_config(folder, type(self).__name__, self.config.to_dict())
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})
 

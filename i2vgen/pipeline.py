@@ -18,41 +18,26 @@ it tiles the image latents while repeating the prompts per video, pairing prompt
 """
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-import transformers
 from einops import rearrange
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .loading import read_config
-from .models.unet import I2VGenXLUNet
+from .clip import CLIPImageProcessor, encode_text, load_clip_components
+from .loading import COMPONENTS, check_model_index, local_folder, save_components
+from .models.unet import I2VGenXLUNet, image_latents_from
 from .models.vae import AutoencoderKL
-from .preprocess import clip_pixel_values, to_pil_images, vae_pixel_values
+from .noise import randn_tensor
+from .preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
 from .schedulers.ddim import DDIMScheduler
 
-try:  # transformers >= 5: the PIL-backed class, which needs no torchvision
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:
-    from transformers import CLIPImageProcessor
-
-# model_index.json: component -> (library, class name), as the reference writes it.
-COMPONENTS = {
-    "vae": ("diffusers", "AutoencoderKL"),
-    "text_encoder": ("transformers", "CLIPTextModel"),
-    "tokenizer": ("transformers", "CLIPTokenizer"),
-    "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
-    "feature_extractor": ("transformers", "CLIPImageProcessor"),
-    "unet": ("diffusers", "I2VGenXLUNet"),
-    "scheduler": ("diffusers", "DDIMScheduler"),
-}
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# CLIPImageProcessor and randn_tensor live in clip.py and noise.py; they stay importable from here.
+__all__ = ["I2VGenXLPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor", "randn_tensor"]
 
 
 @dataclass
@@ -61,49 +46,6 @@ class I2VGenXLPipelineOutput:
     (B, F, 3, H, W) tensor ("pt"), or the final latents (B, 4, F, H/8, W/8) ("latent")."""
 
     frames: list | np.ndarray | torch.Tensor
-
-
-def randn_tensor(shape, generator, device, dtype) -> torch.Tensor:
-    """Standard normal noise drawn like the reference: a CPU generator draws on the CPU (then moves); a list
-    of generators draws one batch row each (a list of one acts as a single generator)."""
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        rows = [randn_tensor((1, *shape[1:]), g, device, dtype) for g in generator]
-        return torch.cat(rows)
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    """transformers renamed `torch_dtype` to `dtype` in 4.56."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
-
-
-def _local_folder(path_or_hub_id, variant: str | None) -> Path:
-    """A local folder as is; otherwise a hub snapshot (from the cache when offline)."""
-    if Path(path_or_hub_id).is_dir():
-        return Path(path_or_hub_id)
-    name = str(path_or_hub_id)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):  # not of the form owner/name
-        raise FileNotFoundError(f"model folder not found: {name}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FileNotFoundError(
-            f"{path_or_hub_id} is not a local folder; to download it from the hub, pip install 'i2vgen[hub]'"
-        ) from None
-    weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
-    ignore = None if variant else ["*.fp16.safetensors"]
-    try:
-        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.txt", weights],
-                                      ignore_patterns=ignore))
-    except Exception as error:
-        raise FileNotFoundError(
-            f"{path_or_hub_id} is not a local folder and could not be fetched from the hub or its local cache "
-            f"({type(error).__name__}: {error})"
-        ) from None
 
 
 class I2VGenXLPipeline:
@@ -131,32 +73,19 @@ class I2VGenXLPipeline:
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, variant=None):
         """Load a diffusers-layout folder or hub id (e.g. "ali-vilab/i2vgen-xl", variant="fp16").
         Weights are cast to `torch_dtype`, float32 by default."""
-        folder = _local_folder(pretrained_model_name_or_path, variant)
-        index = read_config(folder, "model_index.json")
-        for name, (_, class_name) in COMPONENTS.items():
-            found = index.get(name, [None, None])[1]
-            if found != class_name:
-                raise ValueError(f"{folder}/model_index.json: {name} is {found}, expected {class_name}")
+        folder = local_folder(pretrained_model_name_or_path, variant)
+        check_model_index(folder)
         dtype = torch_dtype or torch.float32
-        hf = dict(variant=variant, **_dtype_kwarg(dtype))
         return cls(
             vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=variant),
-            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **hf).eval(),
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **hf).eval(),
-            feature_extractor=CLIPImageProcessor.from_pretrained(folder / "feature_extractor"),
+            **load_clip_components(folder, dtype, variant),  # text_encoder, tokenizer, image_encoder, feature_extractor
             unet=I2VGenXLUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=variant),
             scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
         )
 
     def save_pretrained(self, save_directory):
         """Write the diffusers layout: model_index.json and one subfolder per component."""
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        index = {"_class_name": "I2VGenXLPipeline", **{name: list(lib) for name, lib in COMPONENTS.items()}}
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        for name in COMPONENTS:
-            getattr(self, name).save_pretrained(folder / name)
+        save_components(save_directory, {name: getattr(self, name) for name in COMPONENTS})
 
     @property
     def models(self) -> list[torch.nn.Module]:
@@ -227,12 +156,7 @@ class I2VGenXLPipeline:
         if self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids.shape[-1] > max_length:
             warnings.warn(f"a prompt is longer than CLIP's {max_length} tokens and was truncated")
         with self._running(self.text_encoder) as encoder:
-            tokens = tokens.to(self.execution_device)
-            if clip_skip is None:
-                return encoder(tokens)[0]
-            hidden = encoder(tokens, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-            # transformers 4.x nests the layers under .text_model; 5.x puts them on the model itself.
-            return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+            return encode_text(encoder, tokens.to(self.execution_device), clip_skip)
 
     def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided: bool,
                       clip_skip: int | None):
@@ -272,26 +196,30 @@ class I2VGenXLPipeline:
         with self._running(self.vae) as vae:
             pixels = pixels.to(self.execution_device, dtype)
             first = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-        first = first.unsqueeze(2)
-        positions = [torch.ones_like(first) * (k / (num_frames - 1)) for k in range(1, num_frames)]
-        return torch.cat([first, *positions], dim=2)
+        return image_latents_from(first, num_frames)
 
     def _encode_conditions(self, prompt_embeds, negative_prompt_embeds, image_embeddings, image_latents,
-                           target_fps: int) -> list:
-        """UNet conditions for the stacked [unconditional, conditional] batch (just the conditional one without
-        guidance), computed once for all steps: one for the whole stack, or one per half with sequential
-        guidance. The unconditional half has the negative-prompt tokens and a zero CLIP image embedding."""
-        batch = prompt_embeds.shape[0]
+                           target_fps: int, num_videos_per_prompt: int) -> list:
+        """UNet conditions for the stacked [unconditional, conditional] batch of B videos (just the conditional
+        one without guidance), computed once for all steps: one for the whole stack, or one per half with
+        sequential guidance. The unconditional half has the negative-prompt tokens and a zero CLIP image
+        embedding. Inputs have one row per prompt (the images: one, or one per prompt)."""
+        num_prompts = prompt_embeds.shape[0]
+
+        def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
+            return x.expand(num_prompts, *x.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
+
         conditional = {
-            "encoder_hidden_states": prompt_embeds,
-            "image_embeddings": image_embeddings,
-            "image_latents": image_latents,
-            "fps": torch.full((batch,), target_fps, dtype=torch.long, device=prompt_embeds.device),
+            "encoder_hidden_states": per_video(prompt_embeds),
+            "image_embeddings": per_video(image_embeddings),
+            "image_latents": per_video(image_latents),
+            "fps": torch.full((num_prompts * num_videos_per_prompt,), target_fps, dtype=torch.long,
+                              device=prompt_embeds.device),
         }
         halves = [conditional]
         if negative_prompt_embeds is not None:
-            unconditional = dict(conditional, encoder_hidden_states=negative_prompt_embeds,
-                                 image_embeddings=torch.zeros_like(image_embeddings))
+            unconditional = dict(conditional, encoder_hidden_states=per_video(negative_prompt_embeds),
+                                 image_embeddings=torch.zeros_like(conditional["image_embeddings"]))
             halves = [unconditional, conditional]
         if not self._sequential_guidance:
             halves = [{key: torch.cat([half[key] for half in halves]) for key in conditional}]
@@ -331,17 +259,6 @@ class I2VGenXLPipeline:
             frames = torch.cat([vae.decode(chunk).sample for chunk in chunks])
         return rearrange(frames, "(b f) c h w -> b f c h w", b=batch).float()
 
-    @staticmethod
-    def _to_output(video: torch.Tensor, output_type: str):
-        """Float pixels (B, F, 3, H, W) in [-1, 1] -> [0, 1] as a tensor, an array (B, F, H, W, 3), or PIL images."""
-        video = (video * 0.5 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return video
-        video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
-        if output_type == "np":
-            return video
-        return [[PIL.Image.fromarray(frame) for frame in (v * 255).round().astype(np.uint8)] for v in video]
-
     # ---- the call ----
 
     @torch.no_grad()
@@ -351,55 +268,37 @@ class I2VGenXLPipeline:
                  num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1, generator=None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil",
                  return_dict: bool = True, clip_skip: int | None = 1, callback_on_step_end=None):
-        """Generate `num_videos_per_prompt` videos per prompt from `image` (one image for all prompts, or one
-        per prompt). height / width None: the model's size (`default_size`).
+        """Generate `num_videos_per_prompt` videos per prompt from `image` (one for all prompts, or one per
+        prompt); height / width None: the model's size (`default_size`). Returns
+        `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when return_dict is False.
 
-        callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a
-        dict: its "latents" replace the current ones, and {"stop": True} ends the loop early (the current
-        latents are then decoded). Returns `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when
-        return_dict is False.
-        """
-        # 1. check the inputs and fix the batch: P prompts x num_videos_per_prompt = B videos
+        callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a dict:
+        its "latents" replace the current ones; {"stop": True} ends the loop early (the latents are decoded)."""
+        # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
         height, width = height or self.default_size[0], width or self.default_size[1]
         self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                            prompt_embeds, negative_prompt_embeds, output_type)
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         images = to_pil_images(image)
-        if len(images) not in (1, num_prompts):
-            raise ValueError(f"got {len(images)} images for {num_prompts} prompts: pass one image or one per prompt")
-        batch = num_prompts * num_videos_per_prompt
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
-        device = self.execution_device
-
-        def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
-            return x.expand(num_prompts, *x.shape[1:]).repeat_interleave(num_videos_per_prompt, dim=0)
+        num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        batch = self._batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
 
         # 2. text: (P, S, D), and the negative prompt's when guided
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale > 1, clip_skip)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = per_video(negative_prompt_embeds)
 
         # 3. image: CLIP embedding (N, 1, D), then first-frame latents (N, 4, F, h, w) from the global RNG
         image_embeddings = self.encode_image(images, width)
         image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
 
         # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents
-        shape = (batch, self.unet.config.in_channels, num_frames,
-                 height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator, device, prompt_embeds.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        latents = self.prepare_latents(batch, num_frames, height, width, prompt_embeds.dtype, generator, latents)
 
-        # 5. DDIM loop, with the conditioning encoded once
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 5. DDIM loop, with the conditioning of the B videos encoded once
+        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         with self._running(self.unet):
-            conditions = self._encode_conditions(per_video(prompt_embeds), negative_prompt_embeds,
-                                                 per_video(image_embeddings), per_video(image_latents), target_fps)
+            conditions = self._encode_conditions(prompt_embeds, negative_prompt_embeds, image_embeddings,
+                                                 image_latents, target_fps, num_videos_per_prompt)
             for i, t in enumerate(tqdm(self.scheduler.timesteps, **self._progress_bar_config)):
                 pred = self._predict(latents, t, conditions, guidance_scale)
                 latents = self._step(pred, t, latents, eta, generator)
@@ -410,11 +309,32 @@ class I2VGenXLPipeline:
                         break
 
         # 6. decode
-        if output_type == "latent":
-            video = latents
-        else:
-            video = self._to_output(self.decode_latents(latents, decode_chunk_size), output_type)
+        video = latents
+        if output_type != "latent":
+            video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
         return I2VGenXLPipelineOutput(frames=video) if return_dict else (video,)
+
+    def prepare_latents(self, batch: int, num_frames: int, height: int, width: int, dtype: torch.dtype, generator,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """x_T (B, 4, F, h, w) on the execution device: `latents` if given, else N(0, I) noise from `generator`;
+        times the scheduler's init_noise_sigma."""
+        shape = (batch, self.unet.config.in_channels, num_frames,
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator, self.execution_device, dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+        return latents.to(self.execution_device) * self.scheduler.init_noise_sigma
+
+    @staticmethod
+    def _batch_size(num_prompts: int, num_images: int, num_videos_per_prompt: int, generator) -> int:
+        """B = P x num_videos_per_prompt, once the images and generators are checked against it."""
+        batch = num_prompts * num_videos_per_prompt
+        if num_images not in (1, num_prompts):
+            raise ValueError(f"got {num_images} images for {num_prompts} prompts: pass one image or one per prompt")
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
+        return batch
 
     def _check_inputs(self, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                       prompt_embeds, negative_prompt_embeds, output_type):

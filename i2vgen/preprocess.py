@@ -9,11 +9,16 @@ I2VGen-XL reads the input image twice (paper section 3.1):
 Both crops use "center crop wide" from the original code: shrink by an integer-divided scale with a BOX
 filter so the image just covers the target, then cut out the centre. Every step goes through 8-bit PIL
 images, as the reference does, so the pixels match it exactly.
+
+At the other end, `postprocess_video` turns the decoded pixels into the pipeline's output types.
 """
 
 import numpy as np
 import PIL.Image
 import torch
+from einops import rearrange
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")  # "latent": the pipeline returns the latents, undecoded
 
 def to_pil_images(image) -> list[PIL.Image.Image]:
     """Any accepted image input -> a list of RGB PIL images.
@@ -104,3 +109,15 @@ def vae_pixel_values(images: list[PIL.Image.Image], width: int, height: int) -> 
     """VAE branch: crop to the video size and scale to [-1, 1]. Returns (N, 3, height, width) float32."""
     pixels = pil_to_tensor([center_crop_wide(im, (width, height)) for im in images])
     return 2.0 * pixels - 1.0
+
+
+def postprocess_video(video: torch.Tensor, output_type: str):
+    """Decoded pixels (B, F, 3, H, W) in [-1, 1] -> [0, 1] as that tensor ("pt"), an array (B, F, H, W, 3)
+    ("np"), or per video a list of PIL images ("pil")."""
+    video = (video * 0.5 + 0.5).clamp(0, 1)
+    if output_type == "pt":
+        return video
+    video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
+    if output_type == "np":
+        return video
+    return [[PIL.Image.fromarray(frame) for frame in (v * 255).round().astype(np.uint8)] for v in video]

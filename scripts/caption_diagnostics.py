@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from i2vgen import I2VGenXLPipeline
+from i2vgen.models.unet import image_latents_from
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import DIRECTIONS, SPEED_RANGE, render_clip, sample_spec, to_tensor
-from i2vgen.training.train import encode_clips, image_latents_from
+from i2vgen.training.train import encode_clips
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 

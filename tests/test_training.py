@@ -13,18 +13,18 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from i2vgen.models.unet import I2VGenXLUNet
+from i2vgen.clip import CLIPImageProcessor, encode_text
+from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
-from i2vgen.pipeline import CLIPImageProcessor, I2VGenXLPipeline
+from i2vgen.pipeline import I2VGenXLPipeline
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMotion, is_heldout, render_clip,
                                   sample_spec)
-from i2vgen.training.demo import (MAX_TOKENS, RELEASED_SCHEDULER, WORDS, caption_embeddings, clip_encoders,
-                                  pretrain_text_encoder)
+from i2vgen.training.demo import MAX_TOKENS, RELEASED_SCHEDULER, WORDS, clip_encoders, pretrain_text_encoder
 from i2vgen.training.tokenizer import write_clip_tokenizer
-from i2vgen.training.train import (EMA, enable_gradient_checkpointing, image_latents_from, offset_noise,
-                                  sample_timesteps, train, v_prediction_loss)
+from i2vgen.training.train import (EMA, enable_gradient_checkpointing, offset_noise, sample_timesteps, train,
+                                  v_prediction_loss)
 
 
 # ---- data ----
@@ -97,7 +97,7 @@ def test_text_pretraining_spreads_the_caption_over_the_padding_tokens(tmp_path):
 
     def padding_gap():  # how far apart the two captions' EOS/padding tokens are, relative to their norm
         with torch.no_grad():
-            tokens = caption_embeddings(text_encoder, ids)[:, 6:]
+            tokens = encode_text(text_encoder, ids, clip_skip=1)[:, 6:]
         return ((tokens[0] - tokens[1]).norm(dim=-1) / tokens[0].norm(dim=-1)).mean().item()
 
     before = padding_gap()

@@ -60,6 +60,14 @@ class UNetCondition:
         return UNetCondition(self.fps_emb[index], self.context[index], self.image_latents[index])
 
 
+def image_latents_from(first_frame_latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The image-latent condition (B, 4, F, H, W), as the reference's pipeline lays it out: frame 0 is the
+    image's scaled VAE latent (B, 4, H, W); frame k = 1..F-1 is filled with its position k / (F - 1)."""
+    first = first_frame_latents.unsqueeze(2)
+    positions = [torch.ones_like(first) * (k / (num_frames - 1)) for k in range(1, num_frames)]
+    return torch.cat([first, *positions], dim=2)
+
+
 def _check(ok: bool, message: str):
     if not ok:
         raise ValueError(message)

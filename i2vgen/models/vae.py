@@ -18,6 +18,7 @@ from torch import nn
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.attention import Attention
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from i2vgen.noise import randn_tensor
 
 
 @dataclass
@@ -74,13 +75,9 @@ class DiagonalGaussianDistribution:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """mean + std * eps. eps is drawn like the reference's: on the generator's device when that is the
-        CPU (then moved), else on the parameters' device; None uses torch's global RNG."""
-        draw_device = self.parameters.device
-        if generator is not None and generator.device.type == "cpu":
-            draw_device = torch.device("cpu")
-        eps = torch.randn(self.mean.shape, generator=generator, device=draw_device, dtype=self.parameters.dtype)
-        return self.mean + self.std * eps.to(self.parameters.device)
+        """mean + std * eps, eps ~ N(0, I) from `generator` (None: torch's global RNG), as the reference draws it."""
+        eps = randn_tensor(self.mean.shape, generator, self.parameters.device, self.parameters.dtype)
+        return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -8,7 +8,6 @@ The schedule arithmetic reproduces diffusers' DDIMScheduler bit for bit (betas i
 released model was trained, and its sampler tuned, on those exact numbers.
 """
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from i2vgen.loading import Config, read_config
+from i2vgen.loading import Config, read_config, write_config
+from i2vgen.noise import randn_tensor
 
 CONFIG_NAME = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -158,10 +158,7 @@ class DDIMScheduler:
         return cls(DDIMSchedulerConfig.from_dict(read_config(folder, CONFIG_NAME)))
 
     def save_pretrained(self, save_directory) -> None:
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": type(self).__name__, **self.config.to_dict()}
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_config(save_directory, type(self).__name__, self.config.to_dict(), CONFIG_NAME)
 
     # ---- sampling ----
 
@@ -240,9 +237,7 @@ class DDIMScheduler:
         x_prev = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev - sigma_t**2) ** 0.5 * eps  # eq. 12
         if eta > 0:
             if variance_noise is None:
-                rand_device = generator.device if generator is not None else model_output.device
-                variance_noise = torch.randn(model_output.shape, generator=generator, device=rand_device,
-                                             dtype=model_output.dtype).to(model_output.device)
+                variance_noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             x_prev = x_prev + sigma_t * variance_noise
 
         if not return_dict:

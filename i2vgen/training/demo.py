@@ -25,9 +25,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from i2vgen.clip import CLIPImageProcessor, encode_text
+from i2vgen.loading import save_components
 from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.models.vae import AutoencoderKL
-from i2vgen.pipeline import CLIPImageProcessor, I2VGenXLPipeline
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.data import BASE_COLORS, DIRECTIONS, SHAPES, render_frame, sample_spec, to_tensor
 from i2vgen.training.tokenizer import write_clip_tokenizer
@@ -65,13 +66,6 @@ def clip_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPVisionModelWithPr
     return CLIPTextModel(text).eval(), CLIPVisionModelWithProjection(vision).eval()
 
 
-def caption_embeddings(text_encoder: CLIPTextModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """Text tokens as the pipeline computes them with clip_skip=1: the penultimate layer's hidden states,
-    then the final LayerNorm. (transformers 4.x nests the layers under .text_model, 5.x does not.)"""
-    hidden = text_encoder(input_ids, output_hidden_states=True).hidden_states[-2]
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
-
-
 def pretrain_text_encoder(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, steps: int = 300) -> list[float]:
     """Give the random text tower a little of what a real CLIP has: every token after the caption carries
     its meaning. A linear probe on each end-of-text/padding token's embedding is trained, with the tower, to
@@ -91,7 +85,7 @@ def pretrain_text_encoder(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
     text_encoder.train()
     losses = []
     for _ in range(steps):
-        tokens = caption_embeddings(text_encoder, ids)[:, tail]  # (32, T, D)
+        tokens = encode_text(text_encoder, ids, clip_skip=1)[:, tail]  # (32, T, D), as the pipeline's
         loss = sum(torch.nn.functional.cross_entropy(probe(tokens).flatten(0, 1), label.repeat_interleave(tokens.shape[1]))
                    for probe, label in zip(probes, labels))
         optimizer.zero_grad(set_to_none=True)
@@ -160,7 +154,7 @@ def _text_encoder_in_4x_layout(folder: Path):
         save_file({f"text_model.{key}": value for key, value in state.items()}, path, metadata={"format": "pt"})
 
 
-def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> I2VGenXLPipeline:
+def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> None:
     """Write the starting pipeline to `out`: frozen parts ready, VAE trained, UNet randomly initialised.
 
     `vae_from`: a base folder written earlier with the same seed and vae_steps, whose VAE is reused. The VAE
@@ -182,7 +176,7 @@ def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> I2VGenXLPip
         vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae")
         mses = json.loads((Path(vae_from) / "vae_training.json").read_text())["mse"]
     torch.manual_seed(seed + 2)
-    pipe = I2VGenXLPipeline(
+    components = dict(
         vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(scratch),
         image_encoder=image_encoder,
         feature_extractor=CLIPImageProcessor(crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
@@ -190,13 +184,12 @@ def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> I2VGenXLPip
         unet=I2VGenXLUNet(**UNET_CONFIG), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
     )
     shutil.rmtree(out, ignore_errors=True)
-    pipe.save_pretrained(out)
+    save_components(out, components)
     shutil.rmtree(out / "tokenizer")  # transformers 5 writes only tokenizer.json, which 4.x cannot read
     shutil.move(scratch, out / "tokenizer")
     _text_encoder_in_4x_layout(out / "text_encoder")
     (out / "vae_training.json").write_text(json.dumps({"steps": vae_steps, "mse": mses}) + "\n")
     (out / "text_encoder_training.json").write_text(json.dumps({"loss": text_losses}) + "\n")
-    return pipe
 
 
 TRAINING_NOTES = ("vae_training.json", "text_encoder_training.json")  # loss logs of the base stage, not shipped

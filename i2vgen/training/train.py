@@ -35,7 +35,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from i2vgen.models.unet import I2VGenXLUNet
+from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipeline import I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
@@ -76,14 +76,6 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
         "caption_index": torch.tensor([distinct.index(c) for c in captions]), "captions": distinct,
         "text_embeds": text.cpu(), "null_text_embeds": null_text[0].cpu(),
     }
-
-
-def image_latents_from(first_frame_latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """The UNet's image condition, as the pipeline builds it: frame 0 is the first frame's latent
-    (B, 4, h, w); frame k = 1..F-1 is filled with k / (F - 1). Returns (B, 4, F, h, w)."""
-    first = first_frame_latents.unsqueeze(2)
-    positions = [torch.full_like(first, k / (num_frames - 1)) for k in range(1, num_frames)]
-    return torch.cat([first, *positions], dim=2)
 
 
 def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator: torch.Generator) -> tuple:
@@ -191,6 +183,18 @@ def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_s
         shutil.rmtree(old)
 
 
+def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, generator) -> int:
+    """Restore what save_checkpoint wrote (models, optimizer, schedule, both RNGs); returns its step."""
+    unet.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet").state_dict())
+    ema.model.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet_ema").state_dict())
+    state = torch.load(checkpoint / "training_state.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     found = sorted(output_dir.glob("checkpoint-*"))
     return found[-1] if found else None
@@ -206,6 +210,30 @@ def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
 
 # ---- the loop ----
 
+def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
+    """The encoded training clips (encode_clips), cached at `path` so that a resumed run reuses them."""
+    if path.exists():
+        return torch.load(path)
+    pool = encode_clips(pipe, cfg)
+    torch.save(pool, path)
+    return pool
+
+
+def accumulate_gradients(unet, scheduler, pool: dict, cfg: TrainConfig, scaling_factor: float,
+                         generator: torch.Generator, autocast) -> float:
+    """Backpropagate cfg.gradient_accumulation_steps random batches (each loss divided by their number);
+    returns the mean loss."""
+    total = 0.0
+    for _ in range(cfg.gradient_accumulation_steps):
+        x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
+        with autocast:
+            loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator,
+                                     cfg.high_noise_fraction, cfg.high_noise_min_timestep)
+        (loss / cfg.gradient_accumulation_steps).backward()
+        total += loss.item() / cfg.gradient_accumulation_steps
+    return total
+
+
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     """Run (or resume) training; returns the exported pipeline folder. With `until`, stop after that step
     with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue."""
@@ -216,13 +244,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     pipe = load_pipeline(cfg)
-    pool_path = output_dir / "clip_pool.pt"
-    if pool_path.exists():
-        pool = torch.load(pool_path)
-    else:
-        pool = encode_clips(pipe, cfg)
-        torch.save(pool, pool_path)
-
+    pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
     unet, scheduler = pipe.unet, pipe.scheduler
     ema = EMA(unet, cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
@@ -231,14 +253,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if (checkpoint := latest_checkpoint(output_dir)) is not None:
-        unet.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet").state_dict())
-        ema.model.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet_ema").state_dict())
-        state = torch.load(checkpoint / "training_state.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+        step = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler, generator)
         print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
 
     unet.train().requires_grad_(True)
@@ -251,14 +266,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     start_time = time.time()
     with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
         while step < min(cfg.max_steps, until or cfg.max_steps):
-            total = 0.0
-            for _ in range(cfg.gradient_accumulation_steps):
-                x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
-                with autocast:
-                    loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator,
-                                             cfg.high_noise_fraction, cfg.high_noise_min_timestep)
-                (loss / cfg.gradient_accumulation_steps).backward()
-                total += loss.item() / cfg.gradient_accumulation_steps
+            total = accumulate_gradients(unet, scheduler, pool, cfg, scaling_factor, generator, autocast)
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
