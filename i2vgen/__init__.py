@@ -13,6 +13,9 @@ _EXPORTS = {
     "I2VGenXLUNet": "i2vgen.models.unet",
     "AutoencoderKL": "i2vgen.models.vae",
     "DDIMScheduler": "i2vgen.schedulers.ddim",
+    "UniPCMultistepScheduler": "i2vgen.schedulers.unipc",
+    "DPMSolverMultistepScheduler": "i2vgen.schedulers.dpm_solver",
+    "EulerDiscreteScheduler": "i2vgen.schedulers.euler",
     "I2VGenXLPipeline": "i2vgen.pipeline",
 }
 

@@ -18,6 +18,7 @@ it tiles the image latents while repeating the prompts per video, pairing prompt
 """
 
 import contextlib
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -239,13 +240,16 @@ class I2VGenXLPipeline:
         return uncond + guidance_scale * (cond - uncond)
 
     def _step(self, pred, t, latents, eta: float, generator) -> torch.Tensor:
-        """One DDIM step. It runs on frames folded into the batch, (B F) C h w, so that eta > 0 noise is drawn
-        from the generator in the reference's shape and order."""
+        """One scheduler step. It runs on frames folded into the batch, (B F) C h w, so that the noise of a
+        stochastic step (DDIM with eta > 0, SDE-DPM-Solver++) is drawn from the generator in the reference's shape
+        and order."""
         batch = latents.shape[0]
         pred = rearrange(pred, "b c f h w -> (b f) c h w")
         latents = rearrange(latents, "b c f h w -> (b f) c h w")
-        noise = randn_tensor(pred.shape, generator, pred.device, pred.dtype) if eta > 0 else None
-        latents = self.scheduler.step(pred, t, latents, eta=eta, variance_noise=noise).prev_sample
+        kwargs = {"eta": eta} if eta else {}
+        if eta > 0 or getattr(self.scheduler, "stochastic", False):
+            kwargs["variance_noise"] = randn_tensor(pred.shape, generator, pred.device, pred.dtype)
+        latents = self.scheduler.step(pred, t, latents, **kwargs).prev_sample
         return rearrange(latents, "(b f) c h w -> b c f h w", b=batch)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None) -> torch.Tensor:
@@ -278,6 +282,9 @@ class I2VGenXLPipeline:
         height, width = height or self.default_size[0], width or self.default_size[1]
         self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                            prompt_embeds, negative_prompt_embeds, output_type)
+        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
+            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta (for a "
+                             "stochastic sampler use DPMSolverMultistepScheduler with algorithm_type='sde-dpmsolver++')")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
@@ -292,15 +299,15 @@ class I2VGenXLPipeline:
         image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
 
         # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents
+        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # init_noise_sigma may read it
         latents = self.prepare_latents(batch, num_frames, height, width, prompt_embeds.dtype, generator, latents)
 
-        # 5. DDIM loop, with the conditioning of the B videos encoded once
-        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        # 5. sampling loop (DDIM or another scheduler), with the conditioning of the B videos encoded once
         with self._running(self.unet):
             conditions = self._encode_conditions(prompt_embeds, negative_prompt_embeds, image_embeddings,
                                                  image_latents, target_fps, num_videos_per_prompt)
             for i, t in enumerate(tqdm(self.scheduler.timesteps, **self._progress_bar_config)):
-                pred = self._predict(latents, t, conditions, guidance_scale)
+                pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
                 latents = self._step(pred, t, latents, eta, generator)
                 if callback_on_step_end is not None:
                     result = callback_on_step_end(self, i, t, {"latents": latents}) or {}

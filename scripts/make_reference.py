@@ -16,7 +16,8 @@ Options:
     --out DIR      where to write (default tests/fixtures)
     --alt          other configs, seeds and inputs under the same case names and keys; point the
                    tests at them with I2VGEN_FIXTURES=DIR
-    --only LIST    comma-separated subset of unet,vae,ddim,pipeline
+    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers (samplers reads the tiny
+                   pipeline that the pipeline part saved)
 
 Everything runs on CPU in float32 with fixed seeds and deterministic algorithms, so a rerun writes the
 same numbers.
@@ -37,7 +38,7 @@ import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("unet", "vae", "ddim", "pipeline")
+PARTS = ("unet", "vae", "ddim", "pipeline", "samplers")
 
 # The released checkpoint's scheduler (ali-vilab/i2vgen-xl scheduler/scheduler_config.json).
 RELEASED_DDIM = dict(
@@ -532,6 +533,8 @@ def main() -> None:
             make_ddim(args.out, args.alt)
         elif part == "pipeline":
             make_pipeline(args.out, args.alt)
+        elif part == "samplers":
+            make_samplers(args.out, args.alt)
         print(f"[{part}] {time.time() - t0:.1f}s")
     print(f"done in {time.time() - start:.1f}s")
 
@@ -870,6 +873,169 @@ def make_pipeline(out: Path, alt: bool) -> None:
         "with torch.set_num_threads(2) (another float32 summation order; recorded on 1): the reference's own noise floor; "
         "classifier-free guidance at scale 9 amplifies float32 rounding about 20-fold.",
     ))
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers (issue 12): UniPC, DPM-Solver++ and Euler step sequences, and tiny-pipeline calls with each
+
+
+def sampler_cases(alt: bool) -> dict:
+    """Case name -> scheduler class, config overrides on top of the released DDIM config (as users write
+    `Cls.from_config(pipe.scheduler.config, **overrides)`), steps and, for stochastic ones, the generator seed.
+    `base: "default"` starts from the class's own defaults instead (the code paths the released config skips)."""
+    tr = dict(timestep_spacing="trailing")
+    cases = {
+        "unipc_bh2_o2_trailing": dict(cls="UniPCMultistepScheduler", overrides=dict(tr, solver_type="bh2"), steps=10),
+        # bh1 with final_sigmas_type "zero" (UniPC's default) gives NaN in the reference: its last step multiplies
+        # B(h) = -inf by a zero correction. We return x0 there (tests/test_samplers.py); recorded with sigma_min.
+        "unipc_bh1_o3_trailing": dict(cls="UniPCMultistepScheduler",
+                                      overrides=dict(tr, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
+                                      steps=12),
+        "unipc_bh2_o3_leading": dict(cls="UniPCMultistepScheduler", overrides=dict(solver_order=3), steps=8),
+        "unipc_bh2_o1_linspace": dict(cls="UniPCMultistepScheduler",
+                                      overrides=dict(timestep_spacing="linspace", solver_order=1), steps=7),
+        "unipc_o3_sigma_min_no_lower_final": dict(
+            cls="UniPCMultistepScheduler",
+            overrides=dict(tr, solver_order=3, final_sigmas_type="sigma_min", lower_order_final=False), steps=9),
+        "unipc_disable_corrector": dict(cls="UniPCMultistepScheduler",
+                                        overrides=dict(tr, disable_corrector=[0, 3]), steps=6),
+        "unipc_eps_threshold": dict(cls="UniPCMultistepScheduler", base="default",
+                                    overrides=dict(solver_order=3, thresholding=True, sample_max_value=1.5), steps=8),
+        "dpm_2m_trailing_zero": dict(cls="DPMSolverMultistepScheduler", overrides=dict(tr, final_sigmas_type="zero"),
+                                     steps=10),
+        "dpm_3m_trailing_zero_16": dict(cls="DPMSolverMultistepScheduler",
+                                        overrides=dict(tr, solver_order=3, final_sigmas_type="zero"), steps=16),
+        "dpm_2m_heun_leading_sigma_min": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(solver_type="heun", final_sigmas_type="sigma_min"), steps=8),
+        "dpm_1_linspace": dict(cls="DPMSolverMultistepScheduler",
+                               overrides=dict(timestep_spacing="linspace", solver_order=1), steps=6),
+        "dpm_2m_euler_at_final_20": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(tr, final_sigmas_type="sigma_min", euler_at_final=True), steps=20),
+        "dpm_3m_no_lower_final": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(tr, solver_order=3, final_sigmas_type="sigma_min", lower_order_final=False), steps=9),
+        "dpm_lambda_clipped": dict(cls="DPMSolverMultistepScheduler",
+                                   overrides=dict(timestep_spacing="linspace", lambda_min_clipped=-5.1), steps=10),
+        "sde_dpm_2m_trailing_zero": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(tr, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"), steps=10, seed=31),
+        "sde_dpm_3m_trailing_16": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(tr, algorithm_type="sde-dpmsolver++", solver_order=3), steps=16, seed=32),
+        "sde_dpm_2m_heun_sigma_min": dict(
+            cls="DPMSolverMultistepScheduler",
+            overrides=dict(tr, algorithm_type="sde-dpmsolver++", solver_type="heun", final_sigmas_type="sigma_min"),
+            steps=7, seed=33),
+        "dpm_3m_eps_threshold": dict(cls="DPMSolverMultistepScheduler", base="default",
+                                     overrides=dict(solver_order=3, thresholding=True, sample_max_value=1.5), steps=8),
+        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr), steps=10),
+        "euler_leading": dict(cls="EulerDiscreteScheduler", overrides=dict(), steps=10),
+        "euler_linspace_sigma_min": dict(cls="EulerDiscreteScheduler",
+                                         overrides=dict(timestep_spacing="linspace", final_sigmas_type="sigma_min"),
+                                         steps=9),
+        "euler_churn": dict(cls="EulerDiscreteScheduler", overrides=dict(tr), steps=8, seed=34,
+                            step_kwargs=dict(s_churn=2.0, s_tmin=0.5, s_tmax=50.0, s_noise=1.003)),
+        "euler_eps_default": dict(cls="EulerDiscreteScheduler", base="default", overrides=dict(), steps=7),
+    }
+    if alt:
+        for i, case in enumerate(cases.values()):
+            case["steps"] += 1 + i % 3
+            if "seed" in case:
+                case["seed"] += 100
+    return cases
+
+
+def sampler_pipeline_calls(alt: bool) -> dict:
+    """Tiny-pipeline calls with another scheduler swapped in: name -> scheduler, overrides, call kwargs."""
+    steps = 5 if alt else 4
+    tr = dict(timestep_spacing="trailing")
+    return {
+        "unipc": dict(cls="UniPCMultistepScheduler", overrides=dict(tr), kwargs=dict(num_inference_steps=steps)),
+        "unipc_bh1_o3": dict(cls="UniPCMultistepScheduler",
+                             overrides=dict(tr, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
+                             kwargs=dict(num_inference_steps=steps + 1)),
+        "dpm_2m_zero": dict(cls="DPMSolverMultistepScheduler", overrides=dict(tr, final_sigmas_type="zero"),
+                            kwargs=dict(num_inference_steps=steps)),
+        "sde_dpm_2m": dict(cls="DPMSolverMultistepScheduler",
+                           overrides=dict(tr, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"),
+                           kwargs=dict(num_inference_steps=steps)),
+        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr), kwargs=dict(num_inference_steps=steps)),
+        "euler_leading": dict(cls="EulerDiscreteScheduler", overrides=dict(), kwargs=dict(num_inference_steps=steps)),
+    }
+
+
+def make_samplers(out: Path, alt: bool) -> None:
+    import diffusers.schedulers as ds
+    import numpy as np
+    from PIL import Image
+    from diffusers import I2VGenXLPipeline
+
+    folder = fresh_dir(out / "samplers")
+    tensors, meta = {}, {}
+    shape = (2, 3, 2, 3) if alt else (3, 2, 2, 3)  # 4-D like the pipeline's (B F) C h w latents
+    released = DDIMScheduler(**RELEASED_DDIM).config
+    for idx, (name, case) in enumerate(sampler_cases(alt).items()):
+        cls = getattr(ds, case["cls"])
+        sched = cls(**case["overrides"]) if case.get("base") == "default" else cls.from_config(released, **case["overrides"])
+        sched.save_pretrained(folder / name)
+        sched.set_timesteps(case["steps"])
+        tensors[f"{name}/timesteps"] = sched.timesteps.clone()
+        tensors[f"{name}/sigmas"] = sched.sigmas.clone()
+        tensors[f"{name}/init_noise_sigma"] = torch.as_tensor(sched.init_noise_sigma, dtype=torch.float32)
+        data_gen = torch.Generator().manual_seed(700 + idx + (1000 if alt else 0))
+        sample = randn(data_gen, *shape) * sched.init_noise_sigma
+        tensors[f"{name}/sample"] = sample
+        step_gen = torch.Generator().manual_seed(case["seed"]) if "seed" in case else None
+        kwargs = dict(case.get("step_kwargs", {}))
+        if step_gen is not None:
+            kwargs["generator"] = step_gen
+        for i, t in enumerate(sched.timesteps):
+            model_in = sched.scale_model_input(sample, t)
+            # A stand-in denoiser: mostly a function of the input (as a model is), plus fresh randomness.
+            model_output = 0.5 * torch.tanh(model_in) + randn(data_gen, *shape, scale=0.5)
+            sample = sched.step(model_output, t, sample, **kwargs).prev_sample
+            tensors[f"{name}/model_input/{i}"] = model_in
+            tensors[f"{name}/model_output/{i}"] = model_output
+            tensors[f"{name}/prev_sample/{i}"] = sample
+        meta[name] = dict(cls=case["cls"], base=case.get("base", "released"), overrides=case["overrides"],
+                          num_inference_steps=case["steps"], generator_seed=case.get("seed"),
+                          step_kwargs=case.get("step_kwargs", {}))
+        print(f"  {name:36s} {len(sched.timesteps)} steps {sched.timesteps.tolist()[:4]}...  "
+              f"final |x| {sample.abs().max().item():.3f}")
+    save_tensors(folder / "steps.safetensors", tensors)
+    write_json(folder / "cases.json", meta)
+
+    # --- whole tiny-pipeline calls with each scheduler (the pipeline part's saved model, same call as its "cfg")
+    pipe_dir = out / "pipeline"
+    pipe = I2VGenXLPipeline.from_pretrained(pipe_dir / "model")
+    pipe.set_progress_bar_config(disable=True)
+    base_call = json.loads((pipe_dir / "calls.json").read_text())["cfg"]
+    image = Image.open(pipe_dir / base_call["image"]).convert("RGB")
+    frames, noise_floor, calls = {}, {}, {}
+    ddim_config = pipe.scheduler.config
+    for k, (name, c) in enumerate(sampler_pipeline_calls(alt).items()):
+        pipe.scheduler = getattr(ds, c["cls"]).from_config(ddim_config, **c["overrides"])
+        call = dict(kwargs={**base_call["kwargs"], **c["kwargs"]}, cls=c["cls"], overrides=c["overrides"],
+                    image=base_call["image"], generator_seed=40 + k, global_seed=140 + k)
+
+        def run():
+            torch.manual_seed(call["global_seed"])
+            return torch.from_numpy(pipe(image=image, generator=torch.Generator().manual_seed(call["generator_seed"]),
+                                         **call["kwargs"]).frames)
+
+        frames[f"{name}/frames"] = run()
+        noise_floor[name] = two_thread_diff(run, frames[f"{name}/frames"])
+        calls[name] = call
+        print(f"    pipeline {name:20s} frames {tuple(frames[f'{name}/frames'].shape)} "
+              f"std {frames[f'{name}/frames'].std().item():.3f}  two-thread diff {noise_floor[name]:.1e}")
+    save_tensors(folder / "pipeline_frames.safetensors", frames)
+    write_json(folder / "pipeline_calls.json", dict(calls=calls, two_thread_max_abs_diff=noise_floor, note=(
+        "Each call: the tiny model of ../pipeline/model, its scheduler replaced by cls.from_config(<its DDIM config>, "
+        "**overrides); torch.manual_seed(global_seed), then pipe(image=<image>, generator="
+        "torch.Generator().manual_seed(generator_seed), **kwargs). frames: (B, F, H, W, 3) float32 (output_type np).")))
 
 
 if __name__ == "__main__":

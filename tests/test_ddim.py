@@ -14,9 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from i2vgen.schedulers.ddim import (
-    DDIMScheduler,
-    DDIMSchedulerConfig,
+from i2vgen.schedulers.ddim import DDIMScheduler, DDIMSchedulerConfig
+from i2vgen.schedulers.schedule import (
     leading_timesteps,
     linear_betas,
     linspace_timesteps,

@@ -8,20 +8,15 @@ The schedule arithmetic reproduces diffusers' DDIMScheduler bit for bit (betas i
 released model was trained, and its sampler tuned, on those exact numbers.
 """
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from i2vgen.loading import Config, read_config, write_config
+from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
 
-CONFIG_NAME = "scheduler_config.json"
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from .schedule import SchedulerFolders, check_config, dynamic_threshold, make_betas, spaced_timesteps
 
 
 @dataclass
@@ -49,70 +44,12 @@ class DDIMSchedulerOutput:
     pred_original_sample: torch.Tensor  # x0 predicted at step t
 
 
-# ---- beta schedules: (num_train_timesteps,) float32 ----
-
-def linear_betas(beta_start: float, beta_end: float, n: int) -> torch.Tensor:
-    """DDPM's schedule (Ho et al. 2020, sec. 4). torch's float32 linspace, as the reference, for identical bits."""
-    return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
-
-
-def scaled_linear_betas(beta_start: float, beta_end: float, n: int) -> torch.Tensor:
-    """Linear in sqrt(beta), then squared: Stable Diffusion's (latent diffusion's) schedule."""
-    return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
-
-
-def squaredcos_cap_v2_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
-    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008,
-    beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta). In float64 (python floats), then float32."""
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
-    return torch.tensor(betas, dtype=torch.float32)
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(alpha_bar) so the last step has alpha_bar = 0, i.e. pure noise, keeping the first step
-    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1).
-    Kept in the input's dtype (float32), as the reference computes it."""
-    sqrt_alpha_bar = torch.cumprod(1.0 - betas, dim=0).sqrt()
-    first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
-    sqrt_alpha_bar = (sqrt_alpha_bar - last) * (first / (first - last))
-    alpha_bar = sqrt_alpha_bar**2
-    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])  # undo the cumulative product
-    return 1 - alphas
-
-
-# ---- timestep spacings (Lin et al. 2024, Table 2): (num_inference_steps,) int64, descending ----
-
-def leading_timesteps(num_train_timesteps: int, n: int, steps_offset: int = 0) -> np.ndarray:
-    """0, k, 2k, ... with k = T // n, plus steps_offset: never reaches the last train step T - 1."""
-    return np.arange(n)[::-1] * (num_train_timesteps // n) + steps_offset
-
-
-def trailing_timesteps(num_train_timesteps: int, n: int) -> np.ndarray:
-    """T - 1, T - 1 - T/n, ... rounded: starts at the last train step (needed with zero terminal SNR).
-    np.arange with a float step sometimes yields one extra value (about 0, hence timestep -1) in the
-    reference (e.g. T=1000, n=61); we keep the first n, which are the reference's values."""
-    return np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / n))[:n].astype(np.int64) - 1
-
-
-def linspace_timesteps(num_train_timesteps: int, n: int) -> np.ndarray:
-    """n evenly spaced values from T - 1 down to 0, rounded half to even (numpy's round)."""
-    return np.linspace(0, num_train_timesteps - 1, n).round()[::-1].astype(np.int64)
-
-
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
-
-
 def _append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """(B,) -> (B, 1, ..., 1) with ndim dimensions, to broadcast per-sample scalars."""
     return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
-class DDIMScheduler:
+class DDIMScheduler(SchedulerFolders):
     """The reference's DDIMScheduler: same config keys, same timesteps, same numbers. Usage:
 
         scheduler.set_timesteps(50)
@@ -120,6 +57,7 @@ class DDIMScheduler:
             x = scheduler.step(model(x, t), t, x, eta=eta, generator=generator).prev_sample
     """
 
+    config_class = DDIMSchedulerConfig
     order = 1  # one model evaluation per step
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the initial noise is not scaled
 
@@ -127,21 +65,8 @@ class DDIMScheduler:
         if config is not None and kwargs:
             raise TypeError("pass either a DDIMSchedulerConfig or config keys, not both")
         self.config = c = config if config is not None else DDIMSchedulerConfig(**kwargs)
-        if c.trained_betas is None:
-            _check_choice("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
-        _check_choice("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
-        _check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
-
-        if c.trained_betas is not None:
-            betas = torch.tensor(c.trained_betas, dtype=torch.float32)
-        elif c.beta_schedule == "linear":
-            betas = linear_betas(c.beta_start, c.beta_end, c.num_train_timesteps)
-        elif c.beta_schedule == "scaled_linear":
-            betas = scaled_linear_betas(c.beta_start, c.beta_end, c.num_train_timesteps)
-        else:
-            betas = squaredcos_cap_v2_betas(c.num_train_timesteps)
-        if c.rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
+        check_config(c)
+        betas = make_betas(c)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # alpha_bar_t, float32
         # alpha_bar before the first train step: 1 (clean data) or, as some models were tuned, alpha_bar_0.
@@ -149,16 +74,6 @@ class DDIMScheduler:
 
         self.num_inference_steps = None
         self.timesteps = torch.arange(c.num_train_timesteps - 1, -1, -1)
-
-    # ---- folders ----
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None) -> "DDIMScheduler":
-        folder = Path(pretrained_model_name_or_path, subfolder or "")
-        return cls(DDIMSchedulerConfig.from_dict(read_config(folder, CONFIG_NAME)))
-
-    def save_pretrained(self, save_directory) -> None:
-        write_config(save_directory, type(self).__name__, self.config.to_dict(), CONFIG_NAME)
 
     # ---- sampling ----
 
@@ -168,12 +83,7 @@ class DDIMScheduler:
             raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
                              f"({c.num_train_timesteps}), got {num_inference_steps}")
         self.num_inference_steps = num_inference_steps
-        if c.timestep_spacing == "leading":
-            timesteps = leading_timesteps(c.num_train_timesteps, num_inference_steps, c.steps_offset)
-        elif c.timestep_spacing == "trailing":
-            timesteps = trailing_timesteps(c.num_train_timesteps, num_inference_steps)
-        else:
-            timesteps = linspace_timesteps(c.num_train_timesteps, num_inference_steps)
+        timesteps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
         self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
@@ -192,14 +102,6 @@ class DDIMScheduler:
             return a * x_t - s * v, a * v + s * x_t
         x0 = model_output  # "sample"
         return x0, (x_t - a * x0) / s
-
-    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
-        """Dynamic thresholding (Saharia et al. 2022, Imagen, sec. 2.3): per sample, s = the ratio-quantile of |x0|,
-        clamped to [1, sample_max_value]; x0 is clipped to [-s, s] and divided by s. Done in float32 at least."""
-        c = self.config
-        flat = x0.flatten(1).float() if x0.dtype not in (torch.float32, torch.float64) else x0.flatten(1)
-        s = torch.quantile(flat.abs(), c.dynamic_thresholding_ratio, dim=1).clamp(1, c.sample_max_value)[:, None]
-        return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
@@ -226,7 +128,7 @@ class DDIMScheduler:
         x_t = sample
         x0, eps = self._x0_and_eps(model_output, x_t, alpha_bar_t)
         if c.thresholding:
-            x0 = self._threshold(x0)
+            x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
         elif c.clip_sample:
             x0 = x0.clamp(-c.clip_sample_range, c.clip_sample_range)
         if use_clipped_model_output:  # eps consistent with the clipped x0

@@ -1,0 +1,157 @@
+"""UniPC, DPM-Solver++ and Euler against diffusers 0.35.2, step by step and in the whole tiny pipeline.
+
+tests/fixtures/samplers (scripts/make_reference.py --only samplers): per case the reference's saved
+scheduler_config.json, and in steps.safetensors its timesteps, sigmas, init_noise_sigma, the initial sample, and per
+step the model input (after scale_model_input), the model output fed to it and the sample it returned. Most cases
+are the released config (squaredcos_cap_v2, zero terminal SNR, v-prediction) with the overrides users write.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from i2vgen import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, I2VGenXLPipeline,
+                    UniPCMultistepScheduler)
+from i2vgen.schedulers import SCHEDULERS
+from i2vgen.schedulers.schedule import solver_timesteps
+
+FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
+SAMPLERS = FIXTURES / "samplers"
+CASES = json.loads((SAMPLERS / "cases.json").read_text())
+PIPELINE_CALLS = json.loads((SAMPLERS / "pipeline_calls.json").read_text())
+
+# Steps: we do the reference's float32 arithmetic in the same order, so the sequences are bit-identical on the
+# recording machine; 1e-6 of the tensor's scale (~8 float32 ulps) is the slack for other CPUs' vectorised code
+# (torch.randn's Box-Muller for the stochastic cases, libm's exp/log).
+STEP_RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return load_file(SAMPLERS / "steps.safetensors")
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def replay(name: str, recorded: dict) -> list[tuple[str, float]]:
+    """Run our scheduler (loaded from the reference's saved config) on the recorded model outputs, feeding it its
+    own samples; return (what, relative error) for every compared tensor."""
+    case = CASES[name]
+    scheduler = SCHEDULERS[case["cls"]].from_pretrained(SAMPLERS / name)
+    scheduler.set_timesteps(case["num_inference_steps"])
+    assert torch.equal(scheduler.timesteps, recorded[f"{name}/timesteps"])
+    assert scheduler.timesteps.dtype == recorded[f"{name}/timesteps"].dtype
+    assert torch.equal(scheduler.sigmas, recorded[f"{name}/sigmas"])
+    assert float(scheduler.init_noise_sigma) == recorded[f"{name}/init_noise_sigma"].item()
+    kwargs = dict(case["step_kwargs"])
+    if case["generator_seed"] is not None:
+        kwargs["generator"] = torch.Generator().manual_seed(case["generator_seed"])
+    sample, errors = recorded[f"{name}/sample"], []
+    for i, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(sample, t)
+        errors.append((f"model_input/{i}", rel_err(model_input, recorded[f"{name}/model_input/{i}"])))
+        sample = scheduler.step(recorded[f"{name}/model_output/{i}"], t, sample, **kwargs).prev_sample
+        errors.append((f"prev_sample/{i}", rel_err(sample, recorded[f"{name}/prev_sample/{i}"])))
+    return errors
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_step_sequence_matches_reference(name, recorded):
+    worst = max(replay(name, recorded), key=lambda e: e[1])
+    assert worst[1] <= STEP_RTOL, f"{name}: {worst[0]} relative error {worst[1]:.2e}"
+
+
+# ---- the whole tiny pipeline with each scheduler swapped in ----
+
+@pytest.fixture(scope="module")
+def fixture_pipe():
+    pipe = I2VGenXLPipeline.from_pretrained(FIXTURES / "pipeline" / "model")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE_CALLS["calls"]))
+def test_pipeline_with_scheduler_matches_reference(name, fixture_pipe):
+    call = PIPELINE_CALLS["calls"][name]
+    released = fixture_pipe.scheduler
+    fixture_pipe.scheduler = SCHEDULERS[call["cls"]].from_config(released.config, **call["overrides"])
+    try:
+        with PIL.Image.open(FIXTURES / "pipeline" / call["image"]) as image:
+            image = image.convert("RGB")
+        torch.manual_seed(call["global_seed"])
+        frames = fixture_pipe(image=image, generator=torch.Generator().manual_seed(call["generator_seed"]),
+                              **call["kwargs"]).frames
+    finally:
+        fixture_pipe.scheduler = released
+    expected = load_file(SAMPLERS / "pipeline_frames.safetensors")[f"{name}/frames"]
+    # As tests/test_pipeline.py: 3x the reference's own spread between thread counts, at least 2e-5.
+    atol = max(3 * PIPELINE_CALLS["two_thread_max_abs_diff"][name], 2e-5)
+    assert np.abs(frames - expected.numpy()).max() <= atol
+
+
+# ---- behaviour beyond the recordings ----
+
+def test_from_config_takes_the_pipeline_config_and_rejects_unknown_options():
+    ddim = DDIMScheduler(beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
+                         prediction_type="v_prediction", clip_sample=False, steps_offset=1)
+    unipc = UniPCMultistepScheduler.from_config(ddim.config, timestep_spacing="trailing")
+    assert unipc.config.beta_schedule == "squaredcos_cap_v2" and unipc.config.prediction_type == "v_prediction"
+    assert unipc.config.timestep_spacing == "trailing" and unipc.config.solver_type == "bh2"
+    back = DDIMScheduler.from_config(unipc.config)  # keys DDIM does not know are dropped, its own take defaults
+    assert back.config.rescale_betas_zero_snr and back.config.clip_sample
+    with pytest.raises(ValueError, match="has no option 'solver_oder'"):
+        UniPCMultistepScheduler.from_config(ddim.config, solver_oder=3)
+    with pytest.raises(ValueError, match="use_karras_sigmas=True is not supported"):
+        DPMSolverMultistepScheduler.from_config(ddim.config, use_karras_sigmas=True)
+    with pytest.raises(ValueError, match="unknown algorithm_type 'dpmsolver'"):
+        DPMSolverMultistepScheduler.from_config(ddim.config, algorithm_type="dpmsolver")
+    with pytest.raises(ValueError, match="unknown solver_order 4"):
+        UniPCMultistepScheduler.from_config(ddim.config, solver_order=4)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    for cls in (UniPCMultistepScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler):
+        scheduler = cls(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", rescale_betas_zero_snr=True)
+        scheduler.save_pretrained(tmp_path / cls.__name__)
+        assert cls.from_pretrained(tmp_path, subfolder=cls.__name__).config == scheduler.config
+
+
+def test_unipc_bh1_to_sigma_zero_ends_on_the_data_prediction():
+    """The reference returns NaN here (B(h) = -inf times a zero correction); the limit sigma_t -> 0 of the
+    last, first-order step is x0 itself."""
+    scheduler = UniPCMultistepScheduler(beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
+                                        prediction_type="v_prediction", timestep_spacing="trailing", solver_type="bh1")
+    scheduler.set_timesteps(4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 3, generator=gen)
+    for t in scheduler.timesteps:
+        v = torch.randn(x.shape, generator=gen)
+        alpha_bar = scheduler.alphas_cumprod[t]
+        x0 = alpha_bar**0.5 * x - (1 - alpha_bar) ** 0.5 * v
+        x = scheduler.step(v, t, x).prev_sample
+    assert torch.allclose(x, x0, rtol=0, atol=1e-6)
+
+
+def test_solver_trailing_keeps_n_steps():
+    """At 61 of 1000 steps np.arange's float step yields one extra timestep (-1) in the reference; we keep n."""
+    timesteps = solver_timesteps("trailing", 1000, 61)
+    assert len(timesteps) == 61 and timesteps.min() >= 0
+
+
+def test_eta_only_where_it_applies(fixture_pipe):
+    released = fixture_pipe.scheduler
+    fixture_pipe.scheduler = UniPCMultistepScheduler.from_config(released.config, timestep_spacing="trailing")
+    try:
+        with pytest.raises(ValueError, match="eta applies only to DDIMScheduler; UniPCMultistepScheduler has no eta"):
+            fixture_pipe(prompt="a cat", image=PIL.Image.new("RGB", (32, 32)), height=32, width=32, num_frames=2,
+                         num_inference_steps=2, eta=0.5)
+    finally:
+        fixture_pipe.scheduler = released
