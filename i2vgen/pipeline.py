@@ -283,8 +283,8 @@ class I2VGenXLPipeline:
         self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                            prompt_embeds, negative_prompt_embeds, output_type)
         if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
-            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta (for a "
-                             "stochastic sampler use DPMSolverMultistepScheduler with algorithm_type='sde-dpmsolver++')")
+            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta "
+                             "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]

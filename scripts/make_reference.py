@@ -890,8 +890,8 @@ def sampler_cases(alt: bool) -> dict:
         # bh1 with final_sigmas_type "zero" (UniPC's default) gives NaN in the reference: its last step multiplies
         # B(h) = -inf by a zero correction. We return x0 there (tests/test_samplers.py); recorded with sigma_min.
         "unipc_bh1_o3_trailing": dict(cls="UniPCMultistepScheduler",
-                                      overrides=dict(tr, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
-                                      steps=12),
+                                      overrides=dict(tr, solver_type="bh1", solver_order=3,
+                                                     final_sigmas_type="sigma_min"), steps=12),
         "unipc_bh2_o3_leading": dict(cls="UniPCMultistepScheduler", overrides=dict(solver_order=3), steps=8),
         "unipc_bh2_o1_linspace": dict(cls="UniPCMultistepScheduler",
                                       overrides=dict(timestep_spacing="linspace", solver_order=1), steps=7),
@@ -962,7 +962,8 @@ def sampler_pipeline_calls(alt: bool) -> dict:
         "sde_dpm_2m": dict(cls="DPMSolverMultistepScheduler",
                            overrides=dict(tr, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"),
                            kwargs=dict(num_inference_steps=steps)),
-        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr), kwargs=dict(num_inference_steps=steps)),
+        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr),
+                               kwargs=dict(num_inference_steps=steps)),
         "euler_leading": dict(cls="EulerDiscreteScheduler", overrides=dict(), kwargs=dict(num_inference_steps=steps)),
     }
 
@@ -979,7 +980,10 @@ def make_samplers(out: Path, alt: bool) -> None:
     released = DDIMScheduler(**RELEASED_DDIM).config
     for idx, (name, case) in enumerate(sampler_cases(alt).items()):
         cls = getattr(ds, case["cls"])
-        sched = cls(**case["overrides"]) if case.get("base") == "default" else cls.from_config(released, **case["overrides"])
+        if case.get("base") == "default":
+            sched = cls(**case["overrides"])
+        else:
+            sched = cls.from_config(released, **case["overrides"])
         sched.save_pretrained(folder / name)
         sched.set_timesteps(case["steps"])
         tensors[f"{name}/timesteps"] = sched.timesteps.clone()

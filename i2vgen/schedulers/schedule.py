@@ -138,7 +138,7 @@ def solver_timesteps(spacing: str, num_train_timesteps: int, n: int, steps_offse
 # ---- sigma form ----
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise-to-signal ratio (Karras et al. 2022, eq. 1 scaling)."""
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise-to-signal ratio (Karras et al. 2022's sigma)."""
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
@@ -155,7 +155,7 @@ def final_sigma(c, alphas_cumprod: torch.Tensor) -> float:
 
 
 def alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma alpha_t, the VP coefficients of x_t = alpha_t x0 + sigma_t eps."""
+    """alpha_t = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma alpha_t: x_t = alpha_t x0 + sigma_t eps."""
     alpha_t = 1 / ((sigma**2 + 1) ** 0.5)
     return alpha_t, sigma * alpha_t
 
