@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
     commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
                                                       "(see docs/training.md and i2vgen train --help)")
+    commands.add_parser("app", add_help=False, help="a local web page: upload an image, type a prompt, watch the "
+                                                    "video (i2vgen app --help; needs pip install 'i2vgen[app]')")
     return parser
 
 
@@ -137,6 +139,10 @@ def main(argv=None) -> int:
 
         train_main(argv[1:])
         return 0
+    if argv[:1] == ["app"]:
+        from .app import main as app_main
+
+        return app_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         generate(args)

@@ -3,5 +3,6 @@
 #   scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_venv.sh test,mp4
+bash scripts/setup_venv.sh test,mp4,app
+bash scripts/install_browser.sh   # Debian's Chromium for the browser tests (tests/test_app.py), if missing
 .venv/bin/python -m pytest -q "$@"

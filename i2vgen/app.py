@@ -1,0 +1,290 @@
+"""`i2vgen app`: a local web page to drop an image, type a prompt and watch the video (the `app` extra, Gradio).
+
+    i2vgen app [--model PATH_OR_HUB_ID] [--variant fp16] [--device cuda] [--dtype float16]
+               [--host 127.0.0.1] [--port 7860]
+
+The page calls I2VGenXLPipeline as `i2vgen generate` does and shows the equivalent command with the seed it
+used, so any result can be made again from the command line. One generation runs at a time per model (Gradio's
+queue with concurrency 1, and a lock around the pipeline), so two browser tabs cannot run the model out of
+memory; Stop (or closing the tab) ends the sampling at the next denoising step through callback_on_step_end.
+Bad input is one readable line in the page. Nothing leaves the machine: it binds to localhost by default,
+Gradio's analytics are off and its default theme's fonts are served by the app itself.
+"""
+
+import argparse
+import logging
+import os
+import random
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from .cli import DTYPES, EMBEDDED_MODEL, UsageError, read_image, resolve_model
+
+ASSETS = EMBEDDED_MODEL.parent.parent / "assets"
+EXAMPLES = [  # the demo's first frames, with a prompt each
+    (ASSETS / "red_circle.png", "a red circle moving right"),
+    (ASSETS / "landscape.png", "clouds drifting over the hills"),
+]
+MAX_SEED = 2**31 - 1
+CSS = "#info pre, #info code { white-space: pre-wrap; }"  # the whole command in view
+log = logging.getLogger("i2vgen.app")
+
+
+class Setting(NamedTuple):
+    """One option of the page: its slider and the range the server accepts (the same numbers)."""
+    label: str
+    minimum: float
+    maximum: float
+    value: float
+    step: float = 1  # whole numbers in multiples of `step`; a float step allows any value in range
+
+
+def model_settings(pipe, embedded: bool) -> dict[str, Setting]:
+    """Options and limits from the loaded model. Sizes go from the smallest that survives every UNet
+    downsampling up to the model's own size (larger costs memory and leaves what it was trained on)."""
+    height, width = pipe.default_size
+    smallest = max(8, pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1))
+    # The embedded demo was trained on 8-frame clips and is evaluated at 25 steps, guidance 6 (scripts/demo.sh);
+    # other models get the reference pipeline's defaults.
+    frames, steps, guidance = (8, 25, 6.0) if embedded else (16, 50, 9.0)
+    return {
+        "frames": Setting("Frames", 1, 32, frames),
+        "fps": Setting("Frames per second (a condition and the video's rate)", 1, 60, 16),
+        "steps": Setting("Denoising steps", 1, 100, steps),
+        "guidance": Setting("Guidance scale (1: no classifier-free guidance)", 1.0, 20.0, guidance, 0.5),
+        "height": Setting("Height", smallest, height, height, 8),
+        "width": Setting("Width", smallest, width, width, 8),
+    }
+
+
+def sampler_names() -> list[str]:
+    """Samplers the page offers. Only DDIM, the model's own scheduler, exists so far: once i2vgen.schedulers
+    has more (and `i2vgen generate --scheduler`), list them here and pass the choice on in AppModel.generate;
+    the page shows a sampler menu as soon as there are two."""
+    return ["ddim"]
+
+
+class Stopped(Exception):
+    """Raised inside the denoising loop when the request was stopped."""
+
+
+class AppModel:
+    """One loaded pipeline behind a lock, and the page's request handlers."""
+
+    def __init__(self, model: str | None = None, variant: str | None = None, device: str | None = None,
+                 dtype: str | None = None):
+        import torch
+        import transformers
+
+        from .pipeline import I2VGenXLPipeline
+
+        transformers.utils.logging.disable_progress_bar()
+        self.model, self.variant, self.device, self.dtype = model, variant, device, dtype
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype or ("float16" if device.startswith("cuda") else "float32"))
+        self.pipe = I2VGenXLPipeline.from_pretrained(resolve_model(model), torch_dtype=torch_dtype,
+                                                     variant=variant).to(device)
+        self.settings = model_settings(self.pipe, embedded=model is None)
+        self.out_dir = Path(tempfile.mkdtemp(prefix="i2vgen-app-"))
+        self._lock = threading.Lock()  # one generation at a time, whatever the web server does
+        self._stopped_at: dict[str, float] = {}  # session -> when its user last pressed Stop
+
+    def stop(self, session: str):
+        """Stop this session's running or waiting request at its next denoising step."""
+        self._stopped_at[session] = time.monotonic()
+
+    def check(self, name: str, value) -> float:
+        """`value` for setting `name`, or UsageError with the allowed range."""
+        s = self.settings[name]
+        whole = float(s.step).is_integer()
+        allowed = (f"a multiple of {s.step:g} from {s.minimum:g} to {s.maximum:g}" if whole and s.step > 1 else
+                   f"a whole number from {s.minimum:g} to {s.maximum:g}" if whole else
+                   f"a number from {s.minimum:g} to {s.maximum:g}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not s.minimum <= value <= s.maximum
+                or (whole and value % s.step)):
+            raise UsageError(f"{s.label.split(' (')[0]} must be {allowed}, got {value!r}")
+        return int(value) if whole else float(value)
+
+    def generate(self, image: dict | None, prompt: str, negative_prompt: str, settings: dict,
+                 seed: float | None = None, sampler: str = "ddim", session: str = "", progress=None):
+        """Make one video. `image` is the uploaded file ({"path", "orig_name"}), `settings` the values of
+        `self.settings`, seed None or -1 for a random one. Returns (mp4 path, seed, equivalent command)."""
+        import torch
+
+        from .video import export_to_video
+
+        requested = time.monotonic()
+        if not image or not image.get("path"):
+            raise UsageError("Add a first frame: upload an image (or pick an example below the button).")
+        name = image.get("orig_name") or Path(image["path"]).name
+        try:
+            pil_image = read_image(image["path"])
+        except UsageError as error:
+            raise UsageError(str(error).replace(image["path"], name)) from None
+        values = {key: self.check(key, settings.get(key)) for key in self.settings}
+        if seed is None or seed == -1:
+            seed = random.randrange(MAX_SEED)
+        if isinstance(seed, bool) or not isinstance(seed, (int, float)) or not 0 <= seed <= MAX_SEED \
+                or seed % 1:
+            raise UsageError(f"Seed must be -1 (random) or a whole number from 0 to {MAX_SEED}, got {seed!r}")
+        if sampler not in sampler_names():
+            raise UsageError(f"Sampler must be one of {', '.join(sampler_names())}, got {sampler!r}")
+        seed, steps = int(seed), values["steps"]
+
+        def on_step_end(pipe, step, t, tensors):
+            if self._stopped_at.get(session, -1.0) > requested:
+                raise Stopped()
+            if progress is not None:
+                progress((step + 1, steps), desc="Denoising", unit="steps")
+            return {}
+
+        with self._lock:
+            if self._stopped_at.get(session, -1.0) > requested:
+                raise Stopped()
+            if progress is not None:
+                progress(0, desc="Encoding the image and the prompt")
+            frames = self.pipe(
+                prompt=prompt, image=pil_image, height=values["height"], width=values["width"],
+                target_fps=values["fps"], num_frames=values["frames"], num_inference_steps=steps,
+                guidance_scale=values["guidance"], negative_prompt=negative_prompt or None,
+                generator=torch.manual_seed(seed), output_type="np", callback_on_step_end=on_step_end,
+            ).frames[0]
+        path = Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4"
+        export_to_video(frames, path, fps=values["fps"])
+        return path, seed, self.command(name, prompt, negative_prompt, values, seed)
+
+    def command(self, image_name: str, prompt: str, negative_prompt: str, values: dict, seed: int) -> str:
+        """The `i2vgen generate` command that makes the same video."""
+        args = ["i2vgen", "generate", "--image", image_name, "--prompt", prompt]
+        if negative_prompt:
+            args += ["--negative-prompt", negative_prompt]
+        for option, value in (("model", self.model), ("variant", self.variant), ("device", self.device),
+                              ("dtype", self.dtype)):
+            if value is not None:
+                args += [f"--{option}", value]
+        args += ["--frames", values["frames"], "--fps", values["fps"], "--steps", values["steps"],
+                 "--guidance", values["guidance"], "--height", values["height"], "--width", values["width"],
+                 "--seed", seed, "--out", "video.mp4"]
+        return shlex.join(str(a) for a in args)
+
+
+def build_page(app: AppModel):
+    """The Gradio page around `app`."""
+    import gradio as gr
+
+    def run(image, prompt, negative_prompt, frames, fps, steps, guidance, height, width, seed, sampler,
+            request: gr.Request, progress=gr.Progress()):
+        settings = dict(frames=frames, fps=fps, steps=steps, guidance=guidance, height=height, width=width)
+        try:
+            path, seed, command = app.generate(image, prompt or "", negative_prompt or "", settings, seed,
+                                               sampler, request.session_hash, progress)
+        except UsageError as error:
+            raise gr.Error(str(error), duration=None, print_exception=False) from None
+        except Stopped:
+            raise gr.Error("Stopped.", print_exception=False) from None
+        except Exception as error:  # the page gets one line; the server's log keeps the traceback
+            log.exception("generation failed")
+            message = str(error).splitlines()[0] if str(error) else ""
+            raise gr.Error(f"Generation failed: {type(error).__name__}: {message}", duration=None,
+                           print_exception=False) from None
+        info = (f"Seed **{seed}**. The same video from the command line (with your image file):\n\n"
+                f"```bash\n{command}\n```")
+        return str(path), info
+
+    def stop(request: gr.Request):
+        app.stop(request.session_hash)
+
+    def slider(name):
+        s = app.settings[name]
+        return gr.Slider(s.minimum, s.maximum, value=s.value, step=s.step, label=s.label, elem_id=name)
+
+    note = ("The embedded tiny demo model knows only 64x64 synthetic shapes moving left, right, up or down "
+            "(try the red circle); run `i2vgen app --model ali-vilab/i2vgen-xl` for real videos."
+            if app.model is None else f"Model: `{app.model}`.")
+    with gr.Blocks(title="i2vgen", analytics_enabled=False, delete_cache=(600, 3600)) as page:
+        gr.Markdown(f"# i2vgen: image to video\nDrop an image, describe the motion, generate. {note}")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], height=256,
+                                 label="First frame", elem_id="image")
+                prompt = gr.Textbox(label="Prompt", placeholder="what should happen in the video", elem_id="prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to steer away from",
+                                             elem_id="negative_prompt")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_button = gr.Button("Stop", elem_id="stop")
+                with gr.Accordion("Settings", open=True):
+                    sliders = [slider(name) for name in ("frames", "fps", "steps", "guidance", "height", "width")]
+                    seed = gr.Number(-1, precision=0, label="Seed (-1: a random one)", elem_id="seed")
+                    sampler = gr.Dropdown(sampler_names(), value=sampler_names()[0], label="Sampler",
+                                          visible=len(sampler_names()) > 1, elem_id="sampler")
+            with gr.Column():
+                video = gr.Video(label="Video", autoplay=True, loop=True, buttons=["download"], elem_id="video")
+                info = gr.Markdown(elem_id="info")
+        gr.Examples([[str(path), text] for path, text in EXAMPLES if path.is_file()], inputs=[image, prompt])
+        # preprocess=False: the handler gets the uploaded file's path and reads it itself, so an unreadable
+        # file becomes our one-line message instead of Gradio's own processing error.
+        event = generate.click(run, [image, prompt, negative_prompt, *sliders, seed, sampler], [video, info],
+                               preprocess=False, concurrency_limit=1, api_name="generate")
+        stop_button.click(stop, None, None, cancels=[event], queue=False)
+        page.unload(stop)
+    return page
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2vgen app", description="A local web page for image-to-video "
+                                     "generation: upload an image, type a prompt, watch the video.")
+    parser.add_argument("--model", help="local diffusers-layout folder or hub id, e.g. ali-vilab/i2vgen-xl "
+                                        "(default: the embedded tiny demo model, 64x64 synthetic shapes)")
+    parser.add_argument("--variant", help='weights variant to load, e.g. "fp16"')
+    parser.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                                                            "machine only; 0.0.0.0 opens it to your network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports nor version checks
+    try:
+        import gradio  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError as error:
+        print(f"i2vgen app: error: the web app needs Gradio and imageio-ffmpeg ({error.name} is missing): "
+              "pip install 'i2vgen[app]'", file=sys.stderr)
+        return 2
+    try:
+        app = AppModel(args.model, args.variant, args.device, args.dtype)
+    except UsageError as error:
+        print(f"i2vgen app: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
+        print(f"i2vgen app: error: cannot load the model: {error}", file=sys.stderr)
+        return 1
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"i2vgen app: listening on {args.host}: other machines can reach the page and use the model",
+              file=sys.stderr)
+    page = build_page(app)
+    page.queue(default_concurrency_limit=1, max_size=32)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` shuts down as Ctrl-C does, cleaning up
+    try:
+        page.launch(server_name=args.host, server_port=args.port, show_error=False, max_file_size="50mb",
+                    ssr_mode=False, footer_links=["api", "settings"], css=CSS)
+    except KeyboardInterrupt:
+        pass
+    except OSError as error:  # e.g. the port is taken
+        print(f"i2vgen app: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        page.close()
+        shutil.rmtree(app.out_dir, ignore_errors=True)
+    return 0
