@@ -22,13 +22,17 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
-def load_clip_components(folder: Path, dtype: torch.dtype, variant: str | None) -> dict:
-    """text_encoder, tokenizer, image_encoder and feature_extractor from their subfolders; models in eval()."""
-    weights = dict(variant=variant, **_dtype_kwarg(dtype))
+def load_clip_components(folder: Path, dtypes: dict, variants: dict) -> dict:
+    """text_encoder, tokenizer, image_encoder and feature_extractor from their subfolders; models in eval().
+    `dtypes` and `variants` give each encoder's dtype and weights variant by component name."""
+    def weights(name: str) -> dict:
+        return dict(variant=variants[name], **_dtype_kwarg(dtypes[name]))
+
     return dict(
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **weights).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **weights("text_encoder")).eval(),
         tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **weights).eval(),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder",
+                                                                    **weights("image_encoder")).eval(),
         feature_extractor=CLIPImageProcessor.from_pretrained(folder / "feature_extractor"),
     )
 

@@ -1,12 +1,15 @@
 """Configs and weights in the diffusers folder layout.
 
 A model folder holds `config.json` (the constructor's keyword arguments, plus `_`-prefixed bookkeeping
-keys such as `_class_name`) and its weights in safetensors form, in one of three layouts:
+keys such as `_class_name`) and its weights in safetensors form, in one of these layouts:
 
     diffusion_pytorch_model.safetensors                  one file
     diffusion_pytorch_model.fp16.safetensors             a variant (variant="fp16")
     diffusion_pytorch_model.safetensors.index.json       shards: {"weight_map": {key: shard file}}
     diffusion_pytorch_model.safetensors.index.fp16.json  sharded variant
+    diffusion_pytorch_model[.fp16].bin (+ .bin.index.json)  PyTorch pickles (save_pretrained(safe_serialization=
+                                                         False)): read with torch.load(weights_only=True) only,
+                                                         and only when no safetensors file is there
 
 `from_pretrained` builds the model on the meta device (no memory, no random init), checks every key and
 shape against the file, then assigns the loaded tensors as the parameters: one copy in memory, ever.
@@ -16,7 +19,9 @@ component; `local_folder` resolves a hub id ("ali-vilab/i2vgen-xl") to a downloa
 """
 
 import dataclasses
+import inspect
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -37,6 +42,8 @@ COMPONENTS = {
     "unet": ("diffusers", "I2VGenXLUNet"),
     "scheduler": ("diffusers", "DDIMScheduler"),
 }
+BIN_NAME = "diffusion_pytorch_model.bin"
+BIN_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
 
 
 def _with_variant(name: str, variant: str | None) -> str:
@@ -130,29 +137,58 @@ def check_model_index(folder: Path) -> None:
             raise ValueError(f"{folder}/{MODEL_INDEX_NAME}: {name} is {found}, expected {class_name}")
 
 
-def save_components(save_directory, components: dict) -> None:
-    """Write a pipeline folder: model_index.json and each component's save_pretrained in its subfolder."""
+def save_components(save_directory, components: dict, safe_serialization: bool = True,
+                    variant: str | None = None) -> None:
+    """Write a pipeline folder: model_index.json and each component's save_pretrained in its subfolder; the
+    models' weights as <name>[.variant].safetensors, or `.bin` pickles with safe_serialization=False
+    (transformers 5 writes the CLIP encoders as safetensors whatever is asked)."""
     folder = Path(save_directory)
     write_config(folder, "I2VGenXLPipeline", {name: list(lib) for name, lib in COMPONENTS.items()},
                  MODEL_INDEX_NAME)
     for name in COMPONENTS:
-        components[name].save_pretrained(folder / name)
+        component = components[name]
+        if isinstance(component, ModelMixin):
+            component.save_pretrained(folder / name, safe_serialization=safe_serialization, variant=variant)
+        elif isinstance(component, torch.nn.Module):  # transformers
+            options = {"variant": variant}
+            if "safe_serialization" in inspect.signature(component.save_pretrained).parameters:  # transformers 4
+                options["safe_serialization"] = safe_serialization
+            component.save_pretrained(folder / name, **options)
+        else:
+            component.save_pretrained(folder / name)
+
+
+def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A `.bin` state dict, through `torch.load(weights_only=True)`: tensors and plain containers only, never
+    code. A pickle that needs more is refused (loading it fully could run anything its author wrote)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused: this pickle needs full unpickling, which can run arbitrary code; only "
+                         f"plain tensor state dicts load (torch.load weights_only=True). Convert it to safetensors "
+                         f"where you trust its origin. ({str(error).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
 
 
 def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
-    """The state dict from the single file or, if an index json is present, from its shards."""
-    index = folder / _with_variant(INDEX_NAME, variant)
-    single = folder / _with_variant(WEIGHTS_NAME, variant)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            if not (folder / shard).is_file():
-                raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}")
-            state.update(load_file(folder / shard))
-        return state
-    if single.is_file():
-        return load_file(single)
+    """The state dict from the single file or, if an index json is present, from its shards; safetensors when
+    present, else PyTorch `.bin` pickles."""
+    for index_name, single_name, load in ((INDEX_NAME, WEIGHTS_NAME, load_file),
+                                          (BIN_INDEX_NAME, BIN_NAME, load_pickled_tensors)):
+        index = folder / _with_variant(index_name, variant)
+        single = folder / _with_variant(single_name, variant)
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}")
+                state.update(load(folder / shard))
+            return state
+        if single.is_file():
+            return load(single)
 
     present = sorted(p.name for p in folder.iterdir() if p.name.startswith("diffusion_pytorch_model"))
     # 'diffusion_pytorch_model.fp16-00001-of-00002.safetensors', '....safetensors.index.fp16.json' -> 'fp16'
@@ -161,10 +197,11 @@ def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
     hint = ""
     if variants:
         hint = f" Variants present: {variants}: pass variant='{variants[0]}'."
-    if variant is not None and any(name in (WEIGHTS_NAME, INDEX_NAME) for name in present):
+    if variant is not None and any(name in (WEIGHTS_NAME, INDEX_NAME, BIN_NAME, BIN_INDEX_NAME) for name in present):
         hint += " Default (non-variant) weights are present: pass variant=None."
     raise FileNotFoundError(
-        f"no weights in {folder}: looked for {single.name} and {index.name}; "
+        f"no weights in {folder}: looked for {_with_variant(WEIGHTS_NAME, variant)} and "
+        f"{_with_variant(INDEX_NAME, variant)} (or their .bin twins); "
         f"weight files there: {present[:6] or 'none'}{' ...' if len(present) > 6 else ''}.{hint}"
     )
 
@@ -182,6 +219,34 @@ def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: 
     if problems:
         raise ValueError(f"{type(model).__name__} weights in {folder} do not match the model: "
                          + "; ".join(problems))
+
+
+def component_dtype(torch_dtype, name: str) -> torch.dtype:
+    """The dtype for component `name`: `torch_dtype` itself, or from a dict such as {"unet": torch.bfloat16,
+    "default": torch.float16} (components not named take "default", else float32), as the reference reads it."""
+    if isinstance(torch_dtype, dict):
+        torch_dtype = torch_dtype.get(name, torch_dtype.get("default"))
+    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"torch_dtype must be a torch.dtype or a dict of them, not {torch_dtype!r}")
+    return torch_dtype or torch.float32
+
+
+def component_variants(folder: Path, names, variant: str | None) -> dict[str, str | None]:
+    """Which components load `variant`: those whose folder has weights of that variant (name.<variant>.ext or
+    shards name.<variant>-00001-of-...); the others load their default weights, as in the reference. A variant
+    that no component has is a ValueError, as in the reference."""
+    if variant is None:
+        return dict.fromkeys(names)
+
+    def has_variant(name: str) -> bool:
+        files = Path(folder, name).iterdir() if Path(folder, name).is_dir() else []
+        return any(f".{variant}." in f.name or f".{variant}-" in f.name for f in files)
+
+    found = {name: variant if has_variant(name) else None for name in names}
+    if not any(found.values()):
+        raise ValueError(f"variant={variant!r} was asked for, but no component in {folder} has weights of that "
+                         f"variant (files named like model.{variant}.safetensors); pass variant=None for the defaults")
+    return found
 
 
 class ModelMixin(torch.nn.Module):
@@ -212,12 +277,16 @@ class ModelMixin(torch.nn.Module):
                                f"{on_meta[:5]} (non-persistent buffers must be computed in forward, not __init__)")
         return model.eval()
 
-    def save_pretrained(self, save_directory, variant=None):
-        """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are)."""
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant=None):
+        """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are), or, with
+        safe_serialization=False, the same state dict as a PyTorch pickle `.bin`."""
         folder = Path(save_directory)
         write_config(folder, type(self).__name__, self.config.to_dict())
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})
+        if safe_serialization:
+            save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})
+        else:
+            torch.save(state, folder / _with_variant(BIN_NAME, variant))
 
     @property
     def dtype(self) -> torch.dtype:

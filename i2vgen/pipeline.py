@@ -26,14 +26,15 @@ import numpy as np
 import PIL.Image
 import torch
 from einops import rearrange
-from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .clip import CLIPImageProcessor, encode_text, load_clip_components
-from .loading import COMPONENTS, check_model_index, local_folder, save_components
+from .loading import COMPONENTS, check_model_index, component_dtype, component_variants, local_folder, save_components
 from .models.unet import I2VGenXLUNet, image_latents_from
 from .models.vae import AutoencoderKL
 from .noise import randn_tensor
+from .outputs import BaseOutput
+from .pipeline_compat import DiffusersPipelineAPI
 from .preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
 from .schedulers.ddim import DDIMScheduler
 
@@ -42,16 +43,18 @@ __all__ = ["I2VGenXLPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor", "
 
 
 @dataclass
-class I2VGenXLPipelineOutput:
+class I2VGenXLPipelineOutput(BaseOutput):
     """`frames`: per video a list of PIL images ("pil"), (B, F, H, W, 3) array ("np"),
-    (B, F, 3, H, W) tensor ("pt"), or the final latents (B, 4, F, H/8, W/8) ("latent")."""
+    (B, F, 3, H, W) tensor ("pt"), or the final latents (B, 4, F, H/8, W/8) ("latent").
+    Reads like the reference's: `out.frames`, `out["frames"]`, `out[0]`."""
 
     frames: list | np.ndarray | torch.Tensor
 
 
-class I2VGenXLPipeline:
+class I2VGenXLPipeline(DiffusersPipelineAPI):
     """Image-to-video generation with I2VGen-XL. Components and call arguments follow diffusers'
-    deprecated `I2VGenXLPipeline`, so porting code means changing the import."""
+    deprecated `I2VGenXLPipeline`, so porting code means changing the import (the rest of diffusers'
+    pipeline API, from `components` to `enable_freeu`, is in pipeline_compat.py)."""
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  image_encoder: CLIPVisionModelWithProjection, feature_extractor, unet: I2VGenXLUNet,
@@ -73,20 +76,27 @@ class I2VGenXLPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, variant=None):
         """Load a diffusers-layout folder or hub id (e.g. "ali-vilab/i2vgen-xl", variant="fp16").
-        Weights are cast to `torch_dtype`, float32 by default."""
+        Weights are cast to `torch_dtype`, float32 by default, or per component by a dict such as
+        {"unet": torch.bfloat16, "default": torch.float16}. Components without `variant` files load their default
+        weights; a variant that no component has is a ValueError (both as in the reference)."""
         folder = local_folder(pretrained_model_name_or_path, variant)
         check_model_index(folder)
-        dtype = torch_dtype or torch.float32
+        models = ("vae", "text_encoder", "image_encoder", "unet")
+        dtypes = {name: component_dtype(torch_dtype, name) for name in models}
+        variants = component_variants(folder, models, variant)
         return cls(
-            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=variant),
-            **load_clip_components(folder, dtype, variant),  # text_encoder, tokenizer, image_encoder, feature_extractor
-            unet=I2VGenXLUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=variant),
+            vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtypes["vae"], variant=variants["vae"]),
+            **load_clip_components(folder, dtypes, variants),  # text_encoder, tokenizer, image_encoder, feature_extractor
+            unet=I2VGenXLUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtypes["unet"],
+                                              variant=variants["unet"]),
             scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
         )
 
-    def save_pretrained(self, save_directory):
-        """Write the diffusers layout: model_index.json and one subfolder per component."""
-        save_components(save_directory, {name: getattr(self, name) for name in COMPONENTS})
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: str | None = None):
+        """Write the diffusers layout: model_index.json and one subfolder per component; the models' weights as
+        safetensors, or `.bin` pickles with safe_serialization=False; `variant` names the files <name>.<variant>.*."""
+        save_components(save_directory, {name: getattr(self, name) for name in COMPONENTS}, safe_serialization,
+                        variant)
 
     @property
     def models(self) -> list[torch.nn.Module]:
@@ -123,6 +133,7 @@ class I2VGenXLPipeline:
 
     def enable_model_cpu_offload(self, device="cuda"):
         """Keep every model on the CPU and move each to `device` only while it runs."""
+        self._remove_sequential_offload()
         self._offload_device = torch.device(device)
         self.to("cpu")
 
@@ -138,7 +149,7 @@ class I2VGenXLPipeline:
     @contextlib.contextmanager
     def _running(self, model: torch.nn.Module):
         """Place `model` on the execution device for the block (a no-op without CPU offload)."""
-        if self._offload_device is None:
+        if self._offload_device is None or getattr(self, "_sequential_hooks", None):  # none, or per layer
             yield model
             return
         model.to(self._offload_device)
@@ -306,7 +317,7 @@ class I2VGenXLPipeline:
         with self._running(self.unet):
             conditions = self._encode_conditions(prompt_embeds, negative_prompt_embeds, image_embeddings,
                                                  image_latents, target_fps, num_videos_per_prompt)
-            for i, t in enumerate(tqdm(self.scheduler.timesteps, **self._progress_bar_config)):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
                 latents = self._step(pred, t, latents, eta, generator)
                 if callback_on_step_end is not None:

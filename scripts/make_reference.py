@@ -16,8 +16,8 @@ Options:
     --out DIR      where to write (default tests/fixtures)
     --alt          other configs, seeds and inputs under the same case names and keys; point the
                    tests at them with I2VGEN_FIXTURES=DIR
-    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers (samplers reads the tiny
-                   pipeline that the pipeline part saved)
+    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers,dropin (samplers and dropin
+                   read the tiny pipeline that the pipeline part saved)
 
 Everything runs on CPU in float32 with fixed seeds and deterministic algorithms, so a rerun writes the
 same numbers.
@@ -38,7 +38,7 @@ import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("unet", "vae", "ddim", "pipeline", "samplers")
+PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "dropin")
 
 # The released checkpoint's scheduler (ali-vilab/i2vgen-xl scheduler/scheduler_config.json).
 RELEASED_DDIM = dict(
@@ -535,6 +535,8 @@ def main() -> None:
             make_pipeline(args.out, args.alt)
         elif part == "samplers":
             make_samplers(args.out, args.alt)
+        elif part == "dropin":
+            make_dropin(args.out, args.alt)
         print(f"[{part}] {time.time() - t0:.1f}s")
     print(f"done in {time.time() - start:.1f}s")
 
@@ -1040,6 +1042,124 @@ def make_samplers(out: Path, alt: bool) -> None:
         "Each call: the tiny model of ../pipeline/model, its scheduler replaced by cls.from_config(<its DDIM config>, "
         "**overrides); torch.manual_seed(global_seed), then pipe(image=<image>, generator="
         "torch.Generator().manual_seed(generator_seed), **kwargs). frames: (B, F, H, W, 3) float32 (output_type np).")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Drop-in API (issue 11): FreeU and fused QKV projections on the tiny pipeline, and the dummy pipeline of
+# diffusers' own fast tests (tests/pipelines/i2vgen_xl/test_i2vgenxl.py, removed before 0.35.2).
+
+FREEU = dict(s1=0.9, s2=0.2, b1=1.2, b2=1.4)  # the values diffusers' FreeU test and users take for this model
+
+
+def upstream_dummy_pipeline(folder: Path):
+    """The components of diffusers' I2VGen-XL fast tests, built in their order and seeds. Their tokenizer is
+    a hub download (hf-internal-testing/tiny-random-clip), unreachable here: a local tiny CLIP BPE stands in."""
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer,
+                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from diffusers import I2VGenXLPipeline
+
+    torch.manual_seed(0)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)
+    torch.manual_seed(0)
+    unet = I2VGenXLUNet(block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+                        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=4,
+                        attention_head_dim=4, num_attention_heads=None, norm_num_groups=2)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D"], latent_channels=4, sample_size=32, norm_num_groups=2)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=4, intermediate_size=16, layer_norm_eps=1e-05,
+        num_attention_heads=2, num_hidden_layers=2, pad_token_id=1, vocab_size=1000, hidden_act="gelu",
+        projection_dim=32))
+    tok_src = folder / "_tok"
+    write_tiny_clip_bpe(tok_src, ["A painting of a squirrel eating a burger", "a photo of a cat"], num_merges=30)
+    tokenizer = CLIPTokenizer(str(tok_src / "vocab.json"), str(tok_src / "merges.txt"), pad_token="!",
+                              model_max_length=77)
+    shutil.rmtree(tok_src)
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        intermediate_size=16, patch_size=1))
+    torch.manual_seed(0)
+    feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
+    models = [unet, vae, text_encoder, image_encoder]
+    for m in models:
+        m.eval()  # the reference builds them in train mode; dropout is 0 here except TemporalConvLayer's, which
+        # feeds a zero-initialised conv: eval changes no number, only stops global-RNG draws
+    return I2VGenXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                            feature_extractor=feature_extractor, unet=unet, scheduler=scheduler)
+
+
+def make_dropin(out: Path, alt: bool) -> None:
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from diffusers import I2VGenXLPipeline
+
+    folder = fresh_dir(out / "dropin")
+    calls = json.loads((out / "pipeline" / "calls.json").read_text())
+    pipe = I2VGenXLPipeline.from_pretrained(out / "pipeline" / "model")
+    pipe.set_progress_bar_config(disable=True)
+    tensors, noise_floor = {}, {}
+
+    def replay(name):
+        c = calls[name]
+        with Image.open(out / "pipeline" / c["image"]) as im:
+            image = im.convert("RGB")
+        torch.manual_seed(c["global_seed"])
+        return torch.from_numpy(pipe(image=image, generator=make_generator(c["generator"]), **c["kwargs"]).frames)
+
+    # FreeU on a square (power-of-two latents) and a non-square call; fused QKV (UNet and VAE) on the first.
+    for name in ("cfg", "non_square"):
+        pipe.enable_freeu(**FREEU)
+        tensors[f"freeu/{name}"] = replay(name)
+        noise_floor[f"freeu/{name}"] = two_thread_diff(lambda: replay(name), tensors[f"freeu/{name}"])
+        pipe.disable_freeu()
+        plain = replay(name)
+        tensors[f"plain/{name}"] = plain
+        print(f"    freeu/{name:12s} changes frames by {(tensors[f'freeu/{name}'] - plain).abs().max():.3f}")
+    pipe.fuse_qkv_projections()
+    tensors["fused_qkv/cfg"] = replay("cfg")
+    noise_floor["fused_qkv/cfg"] = two_thread_diff(lambda: replay("cfg"), tensors["fused_qkv/cfg"])
+    pipe.unfuse_qkv_projections()
+    print(f"    fused_qkv/cfg vs plain: {(tensors['fused_qkv/cfg'] - tensors['plain/cfg']).abs().max():.1e}")
+
+    # diffusers' fast-test pipeline and its default inputs (image: floats_tensor((1, 3, 32, 32), rng=Random(0))).
+    dummy = upstream_dummy_pipeline(folder)
+    dummy.set_progress_bar_config(disable=True)
+    dummy.save_pretrained(folder / "upstream_dummy", safe_serialization=True)
+    rng = random.Random(0)
+    image = torch.tensor([rng.random() for _ in range(3 * 32 * 32)], dtype=torch.float).view(1, 3, 32, 32)
+    tensors["upstream/image"] = image
+    inputs = dict(prompt="A painting of a squirrel eating a burger", num_inference_steps=2, guidance_scale=6.0,
+                  num_frames=4, width=32, height=32, output_type="np")
+
+    def upstream(**kw):
+        torch.manual_seed(0)
+        return torch.from_numpy(dummy(image=image, generator=torch.Generator().manual_seed(0), **{**inputs, **kw}).frames)
+
+    for name, kw in {"default": {}, "num_videos_2": dict(num_videos_per_prompt=2)}.items():
+        tensors[f"upstream/{name}"] = upstream(**kw)
+        noise_floor[f"upstream/{name}"] = two_thread_diff(lambda: upstream(**kw), tensors[f"upstream/{name}"])
+        print(f"    upstream/{name}: {tuple(tensors[f'upstream/{name}'].shape)}, slice "
+              f"{np.round(tensors[f'upstream/{name}'][0, 0, -3:, -3:, -1].flatten().numpy(), 4).tolist()}")
+
+    save_tensors(folder / "frames.safetensors", tensors)
+    write_json(folder / "info.json", dict(
+        freeu=FREEU,
+        two_thread_max_abs_diff=noise_floor,
+        note="freeu/<call>, fused_qkv/<call>, plain/<call>: frames of tests/fixtures/pipeline's recorded call <call> "
+        "(replayed as there) after pipe.enable_freeu(**freeu), pipe.fuse_qkv_projections() (UNet and VAE), or "
+        "neither. upstream_dummy/: the components of diffusers' I2VGen-XL fast tests (seed-0 initialisation, a "
+        "local tokenizer in place of the hub's tiny-random-clip), saved by the reference. upstream/<name>: its "
+        "frames for the fast tests' inputs (upstream/image), after torch.manual_seed(0) and with "
+        "generator=torch.Generator().manual_seed(0); num_videos_2 adds num_videos_per_prompt=2. "
+        "two_thread_max_abs_diff: the reference rerun on two threads (its own float32 noise floor).",
+    ))
 
 
 if __name__ == "__main__":

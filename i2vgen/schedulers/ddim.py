@@ -37,6 +37,10 @@ class DDIMSchedulerConfig(Config):
     timestep_spacing: str = "leading"
     rescale_betas_zero_snr: bool = False
 
+    def __post_init__(self):
+        if self.trained_betas is not None:  # a numpy array or tensor becomes plain floats, so the config saves as JSON
+            self.trained_betas = tuple(float(b) for b in np.asarray(self.trained_betas, dtype=np.float64).reshape(-1))
+
 
 @dataclass
 class DDIMSchedulerOutput:

@@ -1,0 +1,131 @@
+"""The rest of diffusers' pipeline API, so code written for the reference runs unchanged.
+
+`I2VGenXLPipeline` inherits these. Each method keeps the reference's name and signature; where the reference's
+method has nothing to do here, the docstring says why and the call warns instead of pretending.
+Grouped as the reference documents them: components, memory switches, output-changing switches, progress.
+"""
+
+import inspect
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from . import offload
+
+
+class DiffusersPipelineAPI:
+    """Mixin for I2VGenXLPipeline: needs `self.unet`, `self.vae`, `self.models` and the constructor's components."""
+
+    # ---- components ----
+
+    @property
+    def components(self) -> dict:
+        """The constructor's keyword arguments, {"vae": ..., "unet": ..., ...}: `type(pipe)(**pipe.components)`
+        builds a pipeline that shares every model with this one."""
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """A new pipeline of this class from another one's components, without loading anything again (the
+        models are shared, not copied). Keyword arguments replace components; `torch_dtype` casts the models
+        (the shared ones too, as in the reference)."""
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        components = pipeline.components
+        unknown = sorted(set(kwargs) - set(components))
+        if unknown:
+            raise TypeError(f"from_pipe: unknown components {unknown}; {cls.__name__} takes {sorted(components)}")
+        new = cls(**{**components, **kwargs})
+        new.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
+        return new.to(torch_dtype) if torch_dtype is not None else new
+
+    # ---- memory switches: none of them changes the output ----
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda"):
+        """Keep every weight on the CPU and move each layer's weights to `device` only while that layer runs
+        (see i2vgen/offload.py): the least GPU memory, and by far the slowest; prefer
+        `enable_model_cpu_offload`. `gpu_id` picks the GPU, as in the reference."""
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self._offload_device = device
+        self._remove_sequential_offload()
+        self._sequential_hooks = [handle for model in self.models for handle in offload.attach(model, device)]
+
+    def _remove_sequential_offload(self):
+        offload.detach(getattr(self, "_sequential_hooks", []))
+
+    def maybe_free_model_hooks(self):
+        """Nothing to free here: with model CPU offload each model goes back to the CPU as soon as it has run
+        (the reference needs this call to undo the hooks of a call that ended early). Kept so ported code runs."""
+
+    def enable_vae_slicing(self):
+        """Decode (and encode) one image at a time instead of the whole batch."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self):
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self):
+        """Decode (and encode) in overlapping spatial tiles, blended across the overlap: memory for large frames
+        stays bounded, at the cost of small differences near tile seams (the reference's behaviour)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self):
+        self.vae.disable_tiling()
+
+    def enable_attention_slicing(self, slice_size: int | str | None = "auto"):
+        """Has no effect, and warns. Attention here is one `torch.nn.functional.scaled_dot_product_attention`
+        call, whose flash and memory-efficient GPU kernels never hold the whole attention matrix, which is what
+        slicing avoids. (The reference's method does nothing for this pipeline either: its UNet has no slicing.)
+        To bound memory use `enable_sequential_guidance`, VAE slicing, or model CPU offload."""
+        warnings.warn("enable_attention_slicing has no effect: attention already runs through torch's "
+                      "scaled_dot_product_attention, which does not materialise the attention matrix on GPUs",
+                      stacklevel=2)
+
+    def disable_attention_slicing(self):
+        """Nothing to disable (see enable_attention_slicing)."""
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None):
+        """Has no effect, and warns: attention already is one `scaled_dot_product_attention` call, which picks a
+        flash or memory-efficient kernel by itself (the job xformers did before PyTorch 2). No xformers needed."""
+        warnings.warn("enable_xformers_memory_efficient_attention has no effect: attention already runs through "
+                      "torch's scaled_dot_product_attention (flash / memory-efficient kernels); xformers is not used",
+                      stacklevel=2)
+
+    def disable_xformers_memory_efficient_attention(self):
+        """Nothing to disable (see enable_xformers_memory_efficient_attention)."""
+
+    # ---- switches that change the output ----
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float):
+        """FreeU (Si et al. 2023): in the UNet's two lowest-resolution up blocks, scale half of the backbone
+        channels by b1 / b2 and the low frequencies of the skip features by s1 / s2. Values used for this
+        model: s1=0.9, s2=0.2, b1=1.2, b2=1.4. See `I2VGenXLUNet.enable_freeu`."""
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self):
+        self.unet.disable_freeu()
+
+    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True):
+        """Compute query, key and value with one matrix product (self-attention) or key and value with one
+        (cross-attention). Same maths, so the output changes only by float rounding."""
+        for wanted, model in ((unet, self.unet), (vae, self.vae)):
+            if wanted:
+                model.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self, unet: bool = True, vae: bool = True):
+        for wanted, model in ((unet, self.unet), (vae, self.vae)):
+            if wanted:
+                model.unfuse_qkv_projections()
+
+    # ---- progress ----
+
+    def progress_bar(self, iterable=None, total=None):
+        """A tqdm bar over `iterable` (or of `total` steps) with the options of `set_progress_bar_config`."""
+        if iterable is not None:
+            return tqdm(iterable, **self._progress_bar_config)
+        if total is not None:
+            return tqdm(total=total, **self._progress_bar_config)
+        raise ValueError("progress_bar needs an iterable or a total")
