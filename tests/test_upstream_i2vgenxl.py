@@ -17,8 +17,8 @@ Each upstream test, and what became of it (all in this file unless said):
   outputs_equivalent, test_inference_batch_single_identical, test_inference_batch_consistent, test_components_
   function, test_to_dtype, test_pipeline_call_signature, test_cfg, test_serialization_with_variants,
   test_loading_with_variants, test_loading_with_incorrect_variants_raises_error, test_torch_dtype_dict,
-  test_StableDiffusionMixin_component, test_vae_slicing, test_vae_tiling, test_freeu, test_fused_qkv_projections:
-  ported.
+  test_StableDiffusionMixin_component, test_vae_slicing, test_vae_tiling: ported. (test_freeu and
+  test_fused_qkv_projections come with the UNet's FreeU and fused projections.)
 - test_sequential_cpu_offload_forward_pass, test_sequential_offload_forward_pass_twice, test_model_cpu_offload_
   forward_pass, test_cpu_offload_forward_pass_twice: upstream needs an accelerator; ported with the CPU as the
   execution device (the hooks still run). Their checks of accelerate's hook classes and of the meta device are
