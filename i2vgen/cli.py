@@ -104,8 +104,8 @@ def generate(args) -> Path:
     import torch
     import transformers
 
-    from .pipeline import I2VGenXLPipeline
-    from .video import export_to_gif, export_to_video
+    from i2vgen.pipeline import I2VGenXLPipeline
+    from i2vgen.video import export_to_gif, export_to_video
 
     transformers.utils.logging.disable_progress_bar()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +135,7 @@ def generate(args) -> Path:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
-        from .training.train import main as train_main
+        from i2vgen.training.train import main as train_main
 
         train_main(argv[1:])
         return 0

@@ -28,17 +28,17 @@ import torch
 from einops import rearrange
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .clip import CLIPImageProcessor, encode_text, load_clip_components
-from .loading import COMPONENTS, check_model_index, component_dtype, component_variants, local_folder, save_components
-from .models.unet import I2VGenXLUNet, image_latents_from
-from .models.vae import AutoencoderKL
-from .noise import randn_tensor
-from .outputs import BaseOutput
-from .pipeline_compat import DiffusersPipelineAPI
-from .preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
-from .schedulers.ddim import DDIMScheduler
+from i2vgen.clip import CLIPImageProcessor, encode_text, load_clip_components
+from i2vgen.loading import (COMPONENTS, check_model_index, component_dtype, component_variants, local_folder,
+                            save_components)
+from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
+from i2vgen.models.vae import AutoencoderKL
+from i2vgen.noise import randn_tensor
+from i2vgen.outputs import BaseOutput
+from i2vgen.pipeline_compat import DiffusersPipelineAPI
+from i2vgen.preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
+from i2vgen.schedulers.ddim import DDIMScheduler
 
-# CLIPImageProcessor and randn_tensor live in clip.py and noise.py; they stay importable from here.
 __all__ = ["I2VGenXLPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor", "randn_tensor"]
 
 
@@ -161,8 +161,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
     # ---- conditioning ----
 
     def _encode_text(self, texts: list[str], max_length: int, clip_skip: int | None) -> torch.Tensor:
-        """CLIP text tokens (len(texts), max_length, D). clip_skip=k takes the hidden state k layers before
-        the last and applies the final LayerNorm, as the last layer's output would have."""
+        """CLIP text tokens (len(texts), max_length, D), from the layer clip_skip says (`clip.encode_text`)."""
         tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                                 return_tensors="pt").input_ids
         if self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids.shape[-1] > max_length:
@@ -212,10 +211,9 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
 
     def _encode_conditions(self, prompt_embeds, negative_prompt_embeds, image_embeddings, image_latents,
                            target_fps: int, num_videos_per_prompt: int) -> list:
-        """UNet conditions for the stacked [unconditional, conditional] batch of B videos (just the conditional
-        one without guidance), computed once for all steps: one for the whole stack, or one per half with
-        sequential guidance. The unconditional half has the negative-prompt tokens and a zero CLIP image
-        embedding. Inputs have one row per prompt (the images: one, or one per prompt)."""
+        """UNet conditions for the stacked [unconditional, conditional] rows of the B videos (just the conditional
+        ones without guidance), once for all steps: one for the stack, or one per half with sequential guidance.
+        The unconditional half has the negative-prompt tokens and a zero CLIP image embedding."""
         num_prompts = prompt_embeds.shape[0]
 
         def per_video(x):  # (P or 1, ...) -> (B, ...): each prompt's rows repeated num_videos_per_prompt times
@@ -224,7 +222,6 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         conditional = {
             "encoder_hidden_states": per_video(prompt_embeds),
             "image_embeddings": per_video(image_embeddings),
-            "image_latents": per_video(image_latents),
             "fps": torch.full((num_prompts * num_videos_per_prompt,), target_fps, dtype=torch.long,
                               device=prompt_embeds.device),
         }
@@ -235,7 +232,9 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
             halves = [unconditional, conditional]
         if not self._sequential_guidance:
             halves = [{key: torch.cat([half[key] for half in halves]) for key in conditional}]
-        return [self.unet.encode_condition(**half) for half in halves]
+        # Both halves see the same image latents: passed once, the UNet runs its context-free layers once.
+        image_latents = per_video(image_latents)
+        return [self.unet.encode_condition(image_latents=image_latents, **half) for half in halves]
 
     # ---- denoising and decoding ----
 

@@ -46,7 +46,7 @@ def test_timestep_embedding_odd_dim_pads_a_zero_column():
 @torch.no_grad()
 def test_attention_is_softmax_qk_v():
     torch.manual_seed(0)
-    attn = Attention(12, cross_attention_dim=6, heads=3, dim_head=5)
+    attn = Attention(12, cross_attention_dim=6, heads=3, head_dim=5)
     x, ctx = torch.randn(2, 7, 12), torch.randn(2, 4, 6)
     q, k, v = (lin(inp).double().view(2, -1, 3, 5).transpose(1, 2)
                for lin, inp in ((attn.to_q, x), (attn.to_k, ctx), (attn.to_v, ctx)))
@@ -59,14 +59,33 @@ def test_attention_is_softmax_qk_v():
 
 @torch.no_grad()
 def test_cross_attention_to_a_context_shared_by_frames():
-    """A context with one row per video (b, M, D) for tokens ((b f), N, C) equals the context repeated per
+    """A context with one row per video (b, M, D) for frames ((b f), c, h, w) equals the context repeated per
     frame: each query's softmax runs over the same keys either way."""
     torch.manual_seed(0)
-    attn = _randomised(Attention(12, cross_attention_dim=6, heads=3, dim_head=5))
+    module = _randomised(Transformer2DModel(8, heads=2, head_dim=4, cross_attention_dim=6, norm_num_groups=4))
     b, f = 2, 3
-    x, ctx = torch.randn(b * f, 7, 12), torch.randn(b, 4, 6)
+    x, ctx = torch.randn(b * f, 8, 3, 5), torch.randn(b, 7, 6)
     # Same dot products; only the kernel's blocking over a longer query sequence can move the last bits.
-    assert rel_error(attn(x, ctx), attn(x, ctx.repeat_interleave(f, dim=0))) < 1e-6
+    assert rel_error(module(x, ctx, num_frames=f), module(x, ctx.repeat_interleave(f, dim=0))) < 1e-6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_norms_and_softmax_sum_in_float32(dtype):
+    """What the half-precision note in unet.py relies on: the models never upcast, and the kernels keep the
+    statistics in float32. Values near 1000 (squares ~1e6, above float16's 65504 maximum) normalise to within
+    the output's rounding of the float32 result; 1e5 equal keys (sum of exponentials 1e5) average exactly."""
+    x = torch.randn(2, 8, 6, 6) * 300 + 1000
+    norm = torch.nn.GroupNorm(4, 8)
+    # Rounding the input (bfloat16: 4 / 300 of a std at 1000) and the output (1/64 at |y| < 4): < 0.03 together.
+    # Statistics summed in float16 would overflow to inf; in bfloat16 the variance would be lost entirely.
+    assert (norm.to(dtype)(x.to(dtype)).float() - norm.float()(x)).abs().max() < 0.05
+    layer_norm = torch.nn.LayerNorm(64)
+    y = torch.randn(3, 64) * 300 + 1000
+    assert (layer_norm.to(dtype)(y.to(dtype)).float() - layer_norm.float()(y)).abs().max() < 0.05
+    q, k, v = torch.zeros(1, 1, 4, 8, dtype=dtype), torch.zeros(1, 1, 100_000, 8, dtype=dtype), torch.ones(
+        1, 1, 100_000, 8, dtype=dtype)
+    assert torch.equal(torch.nn.functional.scaled_dot_product_attention(q, k, v), torch.ones(1, 1, 4, 8, dtype=dtype))
 
 
 @torch.no_grad()
@@ -82,11 +101,11 @@ def test_chunked_feed_forward_equals_one_pass():
 @torch.no_grad()
 def test_vae_style_attention_normalises_and_adds_the_input():
     torch.manual_seed(0)
-    attn = Attention(8, heads=1, dim_head=8, bias=True, norm_num_groups=2, eps=1e-6,
+    attn = Attention(8, heads=1, head_dim=8, bias=True, norm_num_groups=2, eps=1e-6,
                      residual_connection=True, rescale_output_factor=2.0)
     x = torch.randn(2, 5, 8)
     normed = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
-    plain = Attention(8, heads=1, dim_head=8, bias=True)
+    plain = Attention(8, heads=1, head_dim=8, bias=True)
     plain.load_state_dict({k: v for k, v in attn.state_dict().items() if not k.startswith("group_norm")})
     # Identical float32 operations on both sides.
     assert torch.equal(attn(x), (plain(normed) + x) / 2.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from i2vgen.models.unet import I2VGenXLUNet, UNet3DConditionOutput
 
@@ -86,25 +87,28 @@ def test_batch_items_are_independent(name):
         assert rel_error(out, io["out"][item]) <= REL_TOL
 
 
-def guidance_inputs(io: dict) -> dict:
+def guidance_inputs(io: dict, image_latent_copies: int = 1) -> dict:
     """Raw inputs of a guidance-style batch: [the recorded rows..., the same rows with other context] -- the
-    second group gets other text and CLIP-image tokens, and the same image latents and fps."""
+    second group gets other text and CLIP-image tokens, and the same fps; the image latents are given
+    `image_latent_copies` times (once: both groups share them)."""
     raw = raw_inputs(io)
     other = dict(raw, encoder_hidden_states=raw["encoder_hidden_states"].flip(1) * 0.5,
                  image_embeddings=-raw["image_embeddings"])
-    return {k: torch.cat([raw[k], other[k]]) for k in raw}
+    stacked = {k: torch.cat([raw[k], other[k]]) for k in ("fps", "image_embeddings", "encoder_hidden_states")}
+    return stacked | {"image_latents": torch.cat([raw["image_latents"]] * image_latent_copies)}
 
 
 @pytest.mark.parametrize("name", CASES)
 @torch.no_grad()
 def test_shared_trunk_equals_duplicated_batch(name):
-    """A condition with twice the sample's batch (classifier-free guidance) runs the context-free trunk once
-    and gives what the duplicated sample gives; the second group really sees its own context."""
+    """A condition with twice the sample's batch of context (classifier-free guidance) and the image latents
+    once runs the context-free trunk once and gives what the plain forward of the duplicated batch gives;
+    the second group really sees its own context."""
     unet, io, _ = load_case(name)
     condition = unet.encode_condition(**guidance_inputs(io))
     sample, t = io["sample"], io["timestep"]
     shared = unet(sample, t, condition=condition).sample
-    duplicated = unet(torch.cat([sample] * 2), t.repeat(2), condition=condition).sample
+    duplicated = unet(torch.cat([sample] * 2), t.repeat(2), **guidance_inputs(io, image_latent_copies=2)).sample
     # Same operations on the same rows; only GEMM blocking over a different row count can move the last bits.
     assert rel_error(shared, duplicated) <= 1e-6
     assert rel_error(shared[:len(sample)], io["out"]) <= REL_TOL
@@ -171,12 +175,31 @@ def test_bad_inputs_raise_clear_errors(small):
         unet(sample, t, condition=condition, **raw)
     with pytest.raises(ValueError, match="does not match sample"):
         unet(sample[..., :-1], t, condition=condition)
-    with pytest.raises(ValueError, match="must share the image latents"):
-        mixed = dict(guidance_inputs(io))
-        mixed["image_latents"] = torch.cat([raw["image_latents"], raw["image_latents"] + 1])
-        unet(sample, t, condition=unet.encode_condition(**mixed))
+    with pytest.raises(ValueError, match="a multiple of image_latents"):
+        unet.encode_condition(**guidance_inputs(io, image_latent_copies=3))
+    with pytest.raises(ValueError, match="does not match sample"):  # a shared condition takes B samples
+        unet(torch.cat([sample] * 2), t, condition=unet.encode_condition(**guidance_inputs(io)))
     with pytest.raises(ValueError, match="not supported"):
         unet(sample, t, **raw, cross_attention_kwargs={"scale": 0.5})
+
+
+def test_forward_runs_under_fake_tensors():
+    """The forward has no data-dependent control flow: it runs under FakeTensorMode (shapes and dtypes only,
+    no arithmetic), by the raw inputs and by a guidance condition (context for two groups, image latents once).
+    A small config with every block kind; the op-by-op fake dispatch of the released size takes ~15 s."""
+    with FakeTensorMode():
+        unet = I2VGenXLUNet(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1,
+                            norm_num_groups=8, cross_attention_dim=16, attention_head_dim=8)
+        sample, latents = torch.randn(1, 4, 3, 8, 12), torch.randn(1, 4, 3, 8, 12)
+        text, image = torch.randn(2, 5, 16), torch.randn(2, 1, 16)
+        plain = unet(sample, 981, fps=16, image_latents=latents, image_embeddings=image[:1],
+                     encoder_hidden_states=text[:1]).sample
+        condition = unet.encode_condition(fps=torch.tensor([16, 16]), image_latents=latents,
+                                          image_embeddings=image, encoder_hidden_states=text)
+        guided = unet(sample, torch.tensor(981), condition=condition).sample
+    assert isinstance(guided, FakeTensor)
+    assert plain.shape == (1, 4, 3, 8, 12) and guided.shape == (2, 4, 3, 8, 12)
 
 
 def test_bad_configs_raise_clear_errors():

@@ -23,6 +23,8 @@ class ResnetBlock2D(nn.Module):
         out_channels = out_channels or in_channels
         self.output_scale_factor = output_scale_factor
 
+        # In float16/bfloat16 the norms' statistics are still computed in float32, inside PyTorch's kernel
+        # (see the unet.py docstring on half precision); the tensors are not upcast, as in the reference.
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None

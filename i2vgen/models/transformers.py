@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import Attention, FeedForward
+from i2vgen.models.attention import Attention, FeedForward
 
 
 class BasicTransformerBlock(nn.Module):
@@ -28,17 +28,33 @@ class BasicTransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, cross_attention_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads=heads, dim_head=head_dim)
+        self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, cross_attention_dim=cross_attention_dim, heads=heads, dim_head=head_dim)
+        self.attn2 = Attention(dim, cross_attention_dim=cross_attention_dim, heads=heads, head_dim=head_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, L, dim) tokens, optional (N, M, cross_attention_dim) context -> (N, L, dim)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
+        """x ((b f), L, dim) tokens -> same shape; `context` (b, M, cross_attention_dim) has one row per video.
+
+        The f frames of a video share its context, and softmax runs per query, so for the cross-attention
+        their queries are folded into one sequence of f * L: keys and values are projected once per video,
+        not once per frame, and the result equals attending with the context repeated per frame."""
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+        queries = rearrange(self.norm2(x), "(b f) l c -> b (f l) c", f=num_frames)
+        x = x + rearrange(self.attn2(queries, context), "b (f l) c -> (b f) l c", f=num_frames)
         return x + self.ff(self.norm3(x))
+
+
+def _transformer_parts(channels: int, heads: int, head_dim: int, norm_num_groups: int,
+                       cross_attention_dim: int | None = None) -> tuple[nn.Module, ...]:
+    """GroupNorm, Linear proj_in, [one BasicTransformerBlock] and Linear proj_out, as the two transformers
+    below build them (a list of one block: the checkpoint keys it as transformer_blocks.0)."""
+    inner_dim = heads * head_dim
+    return (nn.GroupNorm(norm_num_groups, channels, eps=1e-6), nn.Linear(channels, inner_dim),
+            nn.ModuleList([BasicTransformerBlock(inner_dim, heads=heads, head_dim=head_dim,
+                                                 cross_attention_dim=cross_attention_dim)]),
+            nn.Linear(inner_dim, channels))
 
 
 class Transformer2DModel(nn.Module):
@@ -50,21 +66,16 @@ class Transformer2DModel(nn.Module):
 
     def __init__(self, channels: int, heads: int, head_dim: int, cross_attention_dim: int, norm_num_groups: int):
         super().__init__()
-        inner_dim = heads * head_dim
-        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner_dim)
-        # A list of one block: the checkpoint keys it as transformer_blocks.0.
-        block = BasicTransformerBlock(inner_dim, heads, head_dim, cross_attention_dim)
-        self.transformer_blocks = nn.ModuleList([block])
-        self.proj_out = nn.Linear(inner_dim, channels)
+        self.norm, self.proj_in, self.transformer_blocks, self.proj_out = _transformer_parts(
+            channels, heads, head_dim, norm_num_groups, cross_attention_dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x ((b f), c, h, w), context (b, M, cross_attention_dim) (or one copy per frame) -> ((b f), c, h, w)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """x ((b f), c, h, w), context (b, M, cross_attention_dim), one row per video -> ((b f), c, h, w)."""
         height = x.shape[-2]
         h = rearrange(self.norm(x), "n c h w -> n (h w) c")
         h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context)
+            h = block(h, context, num_frames)
         h = self.proj_out(h)
         return x + rearrange(h, "n (h w) c -> n c h w", h=height)
 
@@ -78,11 +89,8 @@ class TransformerTemporalModel(nn.Module):
 
     def __init__(self, channels: int, heads: int, head_dim: int, norm_num_groups: int):
         super().__init__()
-        inner_dim = heads * head_dim
-        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner_dim)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner_dim, heads, head_dim)])
-        self.proj_out = nn.Linear(inner_dim, channels)
+        self.norm, self.proj_in, self.transformer_blocks, self.proj_out = _transformer_parts(
+            channels, heads, head_dim, norm_num_groups)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """((b f), c, h, w) -> same shape."""
@@ -107,7 +115,7 @@ class ImageLatentTemporalEncoder(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads=heads, dim_head=head_dim)
+        self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)
         self.ff = FeedForward(dim, mult=4, activation_fn="gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,12 @@ input (detail), and both its latent and its CLIP embedding become cross-attentio
 Everything that does not depend on the noisy sample or the timestep is computed by `encode_condition`,
 once per video; `forward` computes it itself unless it is given `condition=`.
 Shapes: B batch, C channels, F frames, H x W latent size; video tensors are (B, C, F, H, W).
+
+Half precision: every layer runs in the model's dtype, as the reference's does (it upcasts nothing), so
+half-precision outputs round as its do. Where float32 matters it happens inside PyTorch's kernels: GroupNorm
+and LayerNorm compute mean and variance in float32, and scaled_dot_product_attention sums the softmax in
+float32 (test_blocks checks both), so activations whose squares or exponentials overflow float16 stay finite.
+The timestep and fps sinusoids are computed in float32 and then cast (`_sinusoids`).
 """
 
 from dataclasses import dataclass, replace
@@ -17,10 +23,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from ..loading import Config, ModelMixin
-from .embeddings import TimestepEmbedding, timestep_embedding
-from .transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
-from .unet_blocks import CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
+from i2vgen.loading import Config, ModelMixin
+from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
+from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
+from i2vgen.models.unet_blocks import (CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D,
+                                       UNetMidBlock3DCrossAttn, UpBlock3D)
 
 LATENT_CHANNELS = 4  # the VAE latent channels the image-latent encoders read (fixed, as in the reference)
 
@@ -49,14 +56,21 @@ class UNet3DConditionOutput:
 
 @dataclass
 class UNetCondition:
-    """The per-video part of the UNet's input, from `I2VGenXLUNet.encode_condition`."""
+    """The per-video part of the UNet's input, from `I2VGenXLUNet.encode_condition`, for R rows of context.
 
-    fps_emb: torch.Tensor  # (B, 4 * C0): fps embedding, added to the timestep embedding
-    context: torch.Tensor  # (B, M, cross_attention_dim): text, image-latent and CLIP-image tokens
+    The image latents may cover B = R / k of them: k groups of B rows (classifier-free guidance: k = 2,
+    [unconditional..., conditional...]) share one copy. `forward` then takes B samples and predicts all R rows,
+    row j*B + i from sample i, running the layers that read no context once for the B samples.
+    """
+
+    fps_emb: torch.Tensor  # (R, 4 * C0): fps embedding, added to the timestep embedding
+    context: torch.Tensor  # (R, M, cross_attention_dim): text, image-latent and CLIP-image tokens
     image_latents: torch.Tensor  # (B, in_channels, F, H, W): concatenated to the sample
 
     def select(self, index: slice) -> "UNetCondition":
-        """The condition of a sub-batch, e.g. `select(slice(0, 1))` for one branch of classifier-free guidance."""
+        """The condition of a sub-batch, e.g. `select(slice(0, 1))` (for a condition with R = B)."""
+        _check(self.context.shape[0] == self.image_latents.shape[0],
+               "select() needs a condition with one row of context per image latent")
         return UNetCondition(self.fps_emb[index], self.context[index], self.image_latents[index])
 
 
@@ -68,9 +82,67 @@ def image_latents_from(first_frame_latents: torch.Tensor, num_frames: int) -> to
     return torch.cat([first, *positions], dim=2)
 
 
+# ---- input checks: one clear ValueError each, kept out of the forward ----
+
 def _check(ok: bool, message: str):
     if not ok:
         raise ValueError(message)
+
+
+def _shape(x) -> tuple | None:
+    return None if x is None else tuple(x.shape)
+
+
+def _check_config(config: I2VGenXLUNetConfig):
+    channels, levels = tuple(config.block_out_channels), len(config.block_out_channels)
+    _check(len(config.down_block_types) == len(config.up_block_types) == levels,
+           f"down_block_types, up_block_types and block_out_channels need one entry per level; got "
+           f"{len(config.down_block_types)}, {len(config.up_block_types)}, {levels}")
+    head_dim = config.attention_head_dim
+    _check(isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels),
+           f"attention_head_dim must be one int dividing every block_out_channels {channels}; got {head_dim}")
+
+
+def _check_condition_inputs(ctx_dim: int, fps, image_latents, image_embeddings, encoder_hidden_states):
+    """encode_condition's inputs, as its docstring gives them."""
+    _check(image_latents is not None and image_latents.ndim == 5 and image_latents.shape[1] == LATENT_CHANNELS,
+           f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got {_shape(image_latents)}")
+    batch = image_latents.shape[0]
+    _check(encoder_hidden_states is not None and encoder_hidden_states.ndim == 3
+           and encoder_hidden_states.shape[2] == ctx_dim and encoder_hidden_states.shape[0] % batch == 0,
+           f"encoder_hidden_states must be (R, L, {ctx_dim}), R a multiple of image_latents' B={batch}; got "
+           f"{_shape(encoder_hidden_states)}")
+    rows = encoder_hidden_states.shape[0]
+    _check(image_embeddings is not None and image_embeddings.shape[-1] == ctx_dim
+           and image_embeddings.numel() == rows * ctx_dim,
+           f"image_embeddings must be (R={rows}, {ctx_dim}) or (R, 1, {ctx_dim}); got {_shape(image_embeddings)}")
+    _check(fps is not None, "fps is required (frames per second, a (R,) tensor or a number)")
+    _check(torch.as_tensor(fps).numel() in (1, rows), f"fps must have 1 or R={rows} values; got "
+                                                      f"{torch.as_tensor(fps).numel()}")
+
+
+def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, raw: dict, condition, timestep_cond,
+                          cross_attention_kwargs):
+    _check(isinstance(sample, torch.Tensor) and sample.ndim == 5,
+           f"sample must be a 5-D (B, C, F, H, W) tensor; got shape {getattr(sample, 'shape', type(sample))}")
+    _check(sample.shape[1] == config.in_channels,
+           f"sample must have in_channels={config.in_channels} channels; got shape {tuple(sample.shape)}")
+    _check(timestep_cond is None and not cross_attention_kwargs,
+           "timestep_cond and cross_attention_kwargs are not supported by I2VGenXLUNet")
+    batch, _, frames, height, width = sample.shape
+    t = torch.as_tensor(timestep)
+    _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
+    if condition is None:
+        expected = (batch, LATENT_CHANNELS, frames, height, width)
+        _check(raw["image_latents"] is not None and tuple(raw["image_latents"].shape) == expected,
+               f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = {expected}; got "
+               f"{_shape(raw['image_latents'])}")
+    else:
+        _check(all(x is None for x in raw.values()), "pass either condition= or fps/image_latents/image_embeddings/"
+                                                     "encoder_hidden_states, not both")
+        _check(condition.image_latents.shape == sample.shape,
+               f"condition was encoded for image_latents of shape {_shape(condition.image_latents)}, which does not "
+               f"match sample {tuple(sample.shape)}")
 
 
 DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
@@ -93,23 +165,49 @@ class I2VGenXLUNet(ModelMixin):
     def __init__(self, config: I2VGenXLUNetConfig | None = None, **kwargs):
         super().__init__()
         config = replace(config, **kwargs) if config is not None else I2VGenXLUNetConfig(**kwargs)
+        _check_config(config)
         self.config = config
         channels, levels = tuple(config.block_out_channels), len(config.block_out_channels)
-        _check(len(config.down_block_types) == len(config.up_block_types) == levels,
-               f"down_block_types, up_block_types and block_out_channels need one entry per level; got "
-               f"{len(config.down_block_types)}, {len(config.up_block_types)}, {levels}")
         # The reference names the per-head width `attention_head_dim` but hands it to its blocks in the
         # position of the head count, and ignores `num_attention_heads`; what it builds is heads of width
         # attention_head_dim, channels // attention_head_dim of them (released: 64 wide). Translated once, here.
         head_dim = config.attention_head_dim
-        _check(isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels),
-               f"attention_head_dim must be one int dividing every block_out_channels {channels}; got {head_dim}")
-        in_ch, groups, ctx_dim = config.in_channels, config.norm_num_groups, config.cross_attention_dim
+        in_ch, norm_groups = config.in_channels, config.norm_num_groups
         temb_dim = 4 * channels[0]
 
-        # Conditioning: timestep and fps embeddings, context tokens, image-latent features.
-        self.time_embedding = TimestepEmbedding(channels[0], temb_dim)
-        self.fps_embedding = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self._add_condition_encoders(channels[0], temb_dim)
+
+        # Input: noisy sample and image-latent features, then a temporal transformer (8 heads).
+        self.conv_in = nn.Conv2d(2 * in_ch, channels[0], kernel_size=3, padding=1)
+        self.transformer_in = TransformerTemporalModel(channels[0], heads=8, head_dim=head_dim,
+                                                       norm_num_groups=norm_groups)
+
+        # Down: level i maps channels[i-1] -> channels[i] and halves the size (all levels but the last).
+        attn = dict(head_dim=head_dim, cross_attention_dim=config.cross_attention_dim)
+        self.down_blocks = nn.ModuleList(
+            _build_block(DOWN_BLOCKS, block_type, attn, in_channels=channels[max(i - 1, 0)],
+                         out_channels=channels[i], temb_channels=temb_dim, num_layers=config.layers_per_block,
+                         groups=norm_groups, add_downsample=i < levels - 1)
+            for i, block_type in enumerate(config.down_block_types))
+
+        self.mid_block = UNetMidBlock3DCrossAttn(channels[-1], temb_dim, norm_groups, **attn)
+
+        # Up: the mirror image, with one layer more per block (it also consumes the downsampler's skip).
+        up = channels[::-1]
+        self.up_blocks = nn.ModuleList(
+            _build_block(UP_BLOCKS, block_type, attn, in_channels=up[min(i + 1, levels - 1)],
+                         prev_output_channel=up[max(i - 1, 0)], out_channels=up[i], temb_channels=temb_dim,
+                         num_layers=config.layers_per_block + 1, groups=norm_groups, add_upsample=i < levels - 1)
+            for i, block_type in enumerate(config.up_block_types))
+
+        self.conv_norm_out = nn.GroupNorm(norm_groups, channels[0], eps=1e-5)
+        self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
+
+    def _add_condition_encoders(self, c0: int, temb_dim: int):
+        """Conditioning: timestep and fps embeddings, context tokens, image-latent features."""
+        in_ch, ctx_dim = self.config.in_channels, self.config.cross_attention_dim
+        self.time_embedding = TimestepEmbedding(c0, temb_dim)
+        self.fps_embedding = nn.Sequential(nn.Linear(c0, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         # CLIP image embedding -> in_channels tokens of width cross_attention_dim.
         self.context_embedding = nn.Sequential(nn.Linear(ctx_dim, temb_dim), nn.SiLU(),
                                                nn.Linear(temb_dim, ctx_dim * in_ch))
@@ -125,31 +223,6 @@ class I2VGenXLUNet(ModelMixin):
             nn.Conv2d(in_ch * 4, in_ch, 3, padding=1))
         self.image_latents_temporal_encoder = ImageLatentTemporalEncoder(in_ch, heads=2, head_dim=in_ch)
 
-        # Input: noisy sample and image-latent features, then a temporal transformer (8 heads).
-        self.conv_in = nn.Conv2d(2 * in_ch, channels[0], kernel_size=3, padding=1)
-        self.transformer_in = TransformerTemporalModel(channels[0], heads=8, head_dim=head_dim, norm_num_groups=groups)
-
-        # Down: level i maps channels[i-1] -> channels[i] and halves the size (all levels but the last).
-        attn = dict(head_dim=head_dim, cross_attention_dim=ctx_dim)
-        self.down_blocks = nn.ModuleList(
-            _build_block(DOWN_BLOCKS, block_type, attn, in_channels=channels[max(i - 1, 0)],
-                         out_channels=channels[i], temb_channels=temb_dim, num_layers=config.layers_per_block,
-                         groups=groups, add_downsample=i < levels - 1)
-            for i, block_type in enumerate(config.down_block_types))
-
-        self.mid_block = UNetMidBlock3DCrossAttn(channels[-1], temb_dim, groups, **attn)
-
-        # Up: the mirror image, with one layer more per block (it also consumes the downsampler's skip).
-        up = channels[::-1]
-        self.up_blocks = nn.ModuleList(
-            _build_block(UP_BLOCKS, block_type, attn, in_channels=up[min(i + 1, levels - 1)],
-                         prev_output_channel=up[max(i - 1, 0)], out_channels=up[i], temb_channels=temb_dim,
-                         num_layers=config.layers_per_block + 1, groups=groups, add_upsample=i < levels - 1)
-            for i, block_type in enumerate(config.up_block_types))
-
-        self.conv_norm_out = nn.GroupNorm(groups, channels[0], eps=1e-5)
-        self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
-
     def _sinusoids(self, scalars: torch.Tensor) -> torch.Tensor:
         """Sinusoidal features in float32, then cast to the model's dtype (as the reference does)."""
         return timestep_embedding(scalars, self.config.block_out_channels[0]).to(self.dtype)
@@ -158,46 +231,38 @@ class I2VGenXLUNet(ModelMixin):
                          encoder_hidden_states: torch.Tensor) -> UNetCondition:
         """Stages 2-4 of the forward, which depend on the video only: compute once, reuse at every step.
 
-        fps: (B,) or (1,) tensor or a number; image_latents: (B, 4, F, H, W) VAE latents (first frame the
-        image); image_embeddings: (B, D) or (B, 1, D) CLIP image embedding; encoder_hidden_states: (B, L, D)
-        text tokens; D = cross_attention_dim.
+        encoder_hidden_states: (R, L, D) text tokens; image_embeddings: (R, D) or (R, 1, D) CLIP image
+        embedding; fps: (R,) or (1,) tensor or a number; image_latents: (B, 4, F, H, W) VAE latents (first
+        frame the image), B = R, or R / k for k groups of rows that share them (see UNetCondition);
+        D = cross_attention_dim.
         """
         ctx_dim, in_ch = self.config.cross_attention_dim, self.config.in_channels
-        _check(image_latents is not None and image_latents.ndim == 5 and image_latents.shape[1] == LATENT_CHANNELS,
-               f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got "
-               f"{None if image_latents is None else tuple(image_latents.shape)}")
-        batch = image_latents.shape[0]
-        _check(encoder_hidden_states is not None and encoder_hidden_states.ndim == 3
-               and encoder_hidden_states.shape[::2] == (batch, ctx_dim),
-               f"encoder_hidden_states must be (B={batch}, L, {ctx_dim}); got "
-               f"{None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)}")
-        _check(image_embeddings is not None and image_embeddings.shape[-1] == ctx_dim
-               and image_embeddings.numel() == batch * ctx_dim,
-               f"image_embeddings must be (B={batch}, {ctx_dim}) or (B, 1, {ctx_dim}); got "
-               f"{None if image_embeddings is None else tuple(image_embeddings.shape)}")
-        _check(fps is not None, "fps is required (frames per second, a (B,) tensor or a number)")
+        _check_condition_inputs(ctx_dim, fps, image_latents, image_embeddings, encoder_hidden_states)
+        rows, batch = encoder_hidden_states.shape[0], image_latents.shape[0]
         fps = torch.as_tensor(fps, device=image_latents.device).reshape(-1)
-        _check(fps.numel() in (1, batch), f"fps must have 1 or B={batch} values; got {fps.numel()}")
+        # Every row is computed as in a batch of R (as the reference computes its guidance batch: convolutions
+        # round differently by batch size); the shared image-latent features are kept once, below.
+        image_latents = image_latents.repeat(rows // batch, 1, 1, 1, 1)
 
         # 2. fps micro-condition.
-        fps_emb = self.fps_embedding(self._sinusoids(fps)).expand(batch, -1)
+        fps_emb = self.fps_embedding(self._sinusoids(fps)).expand(rows, -1)
 
         # 3. Context tokens: text, then the first frame's latent, then the CLIP image embedding.
-        latent_tokens = self.image_latents_context_embedding(image_latents[:, :, 0])  # (B, D, 8, 8)
-        latent_tokens = rearrange(latent_tokens, "b d h w -> b (h w) d")
-        image_tokens = self.context_embedding(image_embeddings.reshape(batch, ctx_dim))
-        image_tokens = rearrange(image_tokens, "b (n d) -> b n d", n=in_ch)
+        latent_tokens = self.image_latents_context_embedding(image_latents[:, :, 0])  # (R, D, 8, 8)
+        latent_tokens = rearrange(latent_tokens, "r d h w -> r (h w) d")
+        image_tokens = self.context_embedding(image_embeddings.reshape(rows, ctx_dim))
+        image_tokens = rearrange(image_tokens, "r (n d) -> r n d", n=in_ch)
         context = torch.cat([encoder_hidden_states, latent_tokens, image_tokens], dim=1)
 
         # 4. Image latents: per-frame convs, then attention across each pixel's frames.
         _, _, frames, height, width = image_latents.shape
-        x = self.image_latents_proj_in(rearrange(image_latents, "b c f h w -> (b f) c h w"))
+        x = self.image_latents_proj_in(rearrange(image_latents, "r c f h w -> (r f) c h w"))
         # Contiguous tokens, as the reference's copy leaves them: with a strided residual stream, half-precision
         # matmuls round differently (float32 is unaffected).
-        x = rearrange(x, "(b f) c h w -> (b h w) f c", f=frames).contiguous()
+        x = rearrange(x, "(r f) c h w -> (r h w) f c", f=frames).contiguous()
         x = self.image_latents_temporal_encoder(x)
-        x = rearrange(x, "(b h w) f c -> b c f h w", h=height, w=width)
-        return UNetCondition(fps_emb=fps_emb, context=context, image_latents=x)
+        x = rearrange(x, "(r h w) f c -> r c f h w", h=height, w=width)
+        return UNetCondition(fps_emb=fps_emb, context=context, image_latents=x[:batch])
 
     def forward(self, sample: torch.Tensor, timestep, fps=None, image_latents: torch.Tensor | None = None,
                 image_embeddings: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
@@ -206,60 +271,36 @@ class I2VGenXLUNet(ModelMixin):
         """Predict from the noisy `sample` (B, C, F, H, W) at `timestep` (number, scalar or (B,) tensor).
 
         Pass the raw conditioning (fps, image_latents, image_embeddings, encoder_hidden_states, as the
-        reference) or a precomputed `condition=` from `encode_condition`, not both.
-        A condition may hold k times the sample's batch, k groups of B rows (classifier-free guidance: k = 2,
-        [unconditional..., conditional...]) that share the image latents: row j*B + i is predicted from
-        sample row i, and the output has k*B rows. The layers before the first cross-attention (conv_in,
-        transformer_in) read neither the context nor the timestep, so they run once per sample, not per row.
-        `timestep_cond` and `cross_attention_kwargs` exist for signature compatibility; this model has no use
-        for them, so anything but None is an error.
+        reference) or a precomputed `condition=` from `encode_condition`, not both. A condition with k * B
+        rows of context (see UNetCondition) gives k * B predictions. `timestep_cond` and
+        `cross_attention_kwargs` exist for signature compatibility; anything but None is an error.
         """
-        _check(isinstance(sample, torch.Tensor) and sample.ndim == 5,
-               f"sample must be a 5-D (B, C, F, H, W) tensor; got shape {getattr(sample, 'shape', type(sample))}")
-        _check(sample.shape[1] == self.config.in_channels,
-               f"sample must have in_channels={self.config.in_channels} channels; got shape {tuple(sample.shape)}")
-        _check(timestep_cond is None and not cross_attention_kwargs,
-               "timestep_cond and cross_attention_kwargs are not supported by I2VGenXLUNet")
-        batch, _, frames, height, width = sample.shape
-        raw = (fps, image_latents, image_embeddings, encoder_hidden_states)
+        raw = dict(fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
+                   encoder_hidden_states=encoder_hidden_states)
+        _check_forward_inputs(self.config, sample, timestep, raw, condition, timestep_cond, cross_attention_kwargs)
         if condition is None:
-            _check(image_latents is not None and image_latents.shape == (batch, LATENT_CHANNELS, frames, height, width),
-                   f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = "
-                   f"{(batch, LATENT_CHANNELS, frames, height, width)}; got "
-                   f"{None if image_latents is None else tuple(image_latents.shape)}")
-            condition = self.encode_condition(fps, image_latents, image_embeddings, encoder_hidden_states)
-        else:
-            _check(all(x is None for x in raw), "pass either condition= or fps/image_latents/image_embeddings/"
-                                                "encoder_hidden_states, not both")
-            encoded = condition.image_latents.shape
-            _check(encoded[1:] == sample.shape[1:] and encoded[0] % batch == 0,
-                   f"condition was encoded for image_latents of shape {tuple(encoded)}, which does not match "
-                   f"sample {tuple(sample.shape)} (its batch must be a multiple of the sample's)")
+            condition = self.encode_condition(**raw)
         out = self._denoise(sample, timestep, condition)
         return UNet3DConditionOutput(sample=out) if return_dict else (out,)
 
     def _denoise(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
         batch, _, frames, _, _ = sample.shape
-        groups = condition.image_latents.shape[0] // batch  # condition rows per sample row (see forward)
+        copies = condition.context.shape[0] // batch  # context rows per sample (2 with guidance, see UNetCondition)
 
         # 1. Time: sinusoids -> MLP, plus the fps embedding (stage 2), one copy per frame.
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
-        emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(groups))) + condition.fps_emb
-        emb = repeat(emb, "b d -> (b f) d", f=frames)
-        # 3. Context tokens (from the condition): one copy per video, shared by its frames' cross-attention.
+        emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(copies))) + condition.fps_emb
+        emb = repeat(emb, "r d -> (r f) d", f=frames)
+        # 3. Context tokens (from the condition): one row per video, shared by its frames' cross-attention.
         context = condition.context
 
-        # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in,
-        # then attention across frames. Neither reads the context or the timestep, so the condition's groups
-        # share this trunk: it runs on the sample's batch and is copied to each group afterwards.
-        image_latents = condition.image_latents[:batch]
-        _check(groups == 1 or torch.equal(image_latents.repeat(groups, 1, 1, 1, 1), condition.image_latents),
-               "the groups of a condition with a multiple of the sample's batch must share the image latents")
-        x = torch.cat([sample, image_latents], dim=1)
+        # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in, then
+        # attention across frames. Neither reads the context or the timestep, so they run once per sample
+        # and are copied to each group of context rows afterwards.
+        x = torch.cat([sample, condition.image_latents], dim=1)
         x = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
         x = self.transformer_in(x, num_frames=frames)
-        x = x.repeat(groups, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the condition's rows
+        x = x.repeat(copies, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the context's rows
 
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
@@ -279,4 +320,4 @@ class I2VGenXLUNet(ModelMixin):
 
         # 9. Out.
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+        return rearrange(x, "(r f) c h w -> r c f h w", f=frames)

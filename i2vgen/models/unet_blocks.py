@@ -5,64 +5,70 @@ Each layer of a block is a factorised space-time unit (VideoLDM / ModelScope T2V
     ResnetBlock2D (per frame, + timestep embedding) -> TemporalConvLayer (across frames)
     [-> Transformer2DModel (per frame, cross-attention to the context) -> TransformerTemporalModel (across frames)]
 
-The bracketed part is present in the "CrossAttn" blocks only. All tensors are frames-as-batch,
-((b f), c, h, w); `num_frames` lets the temporal layers unfold them.
+The bracketed part is present in the "CrossAttn" blocks only. Each block's forward spells the layer out
+in one loop. All tensors are frames-as-batch, ((b f), c, h, w); `num_frames` lets the temporal layers
+unfold them, and the context has one row per video, (b, M, D).
 """
 
 import torch
 from torch import nn
 
-from .resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
-from .transformers import Transformer2DModel, TransformerTemporalModel
+from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
+from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalModel
 
 RESNET_EPS = 1e-5  # the UNet builds all its resnet blocks with this GroupNorm epsilon
 
 
-class _SpaceTimeAttention(nn.Module):
-    """Mixin for the CrossAttn blocks: adds `attentions` and `temp_attentions`, one pair per layer."""
-
-    def _add_attention(self, channels: int, num_layers: int, head_dim: int, cross_attention_dim: int, groups: int):
-        heads = channels // head_dim
-        self.attentions = nn.ModuleList(
-            [Transformer2DModel(channels, heads=heads, head_dim=head_dim, cross_attention_dim=cross_attention_dim,
-                                norm_num_groups=groups) for _ in range(num_layers)])
-        self.temp_attentions = nn.ModuleList(
-            [TransformerTemporalModel(channels, heads=heads, head_dim=head_dim, norm_num_groups=groups)
-             for _ in range(num_layers)])
-
-    def _attend(self, i: int, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
-        x = self.attentions[i](x, context)
-        return self.temp_attentions[i](x, num_frames)
+def _resnets_and_temporal_convs(in_channels: list[int], out_channels: int, temb_channels: int,
+                                groups: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """`resnets` and `temp_convs`: layer i maps in_channels[i] -> out_channels. Built pairwise (resnet, then
+    its temporal conv), the order in which a seed has always initialised them."""
+    layers = [(ResnetBlock2D(c, out_channels, temb_channels=temb_channels, groups=groups, eps=RESNET_EPS),
+               TemporalConvLayer(out_channels, norm_num_groups=groups)) for c in in_channels]
+    return nn.ModuleList(resnet for resnet, _ in layers), nn.ModuleList(conv for _, conv in layers)
 
 
-def _resnet_and_temporal_conv(in_channels: int, out_channels: int, temb_channels: int, groups: int):
-    return (ResnetBlock2D(in_channels, out_channels, temb_channels=temb_channels, groups=groups, eps=RESNET_EPS),
-            TemporalConvLayer(out_channels, norm_num_groups=groups))
+def _spatial_and_temporal_transformers(channels: int, num_layers: int, head_dim: int | None,
+                                       cross_attention_dim: int | None, groups: int) -> tuple:
+    """`attentions` and `temp_attentions`: one spatial (with cross-attention) and one temporal transformer per
+    layer, heads of `head_dim` channels; (None, None) without cross_attention_dim (a block without attention)."""
+    if cross_attention_dim is None:
+        return None, None
+    heads = channels // head_dim
+    attentions = nn.ModuleList(
+        Transformer2DModel(channels, heads=heads, head_dim=head_dim, cross_attention_dim=cross_attention_dim,
+                           norm_num_groups=groups) for _ in range(num_layers))
+    temp_attentions = nn.ModuleList(
+        TransformerTemporalModel(channels, heads=heads, head_dim=head_dim, norm_num_groups=groups)
+        for _ in range(num_layers))
+    return attentions, temp_attentions
 
 
 class DownBlock3D(nn.Module):
-    """`num_layers` resnet + temporal-conv layers, then an optional stride-2 downsample.
+    """`num_layers` layers, then an optional stride-2 downsample; with `cross_attention_dim` (the CrossAttn
+    kind) each layer also attends over space, with cross-attention to the context, and over time.
 
     Returns the output and every layer's output (and the downsampled one) as skip connections.
     """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, num_layers: int, groups: int,
-                 add_downsample: bool):
+                 add_downsample: bool, head_dim: int | None = None, cross_attention_dim: int | None = None):
         super().__init__()
-        layers = [_resnet_and_temporal_conv(in_channels if i == 0 else out_channels, out_channels, temb_channels,
-                                            groups) for i in range(num_layers)]
-        self.resnets = nn.ModuleList(resnet for resnet, _ in layers)
-        self.temp_convs = nn.ModuleList(conv for _, conv in layers)
+        layer_in = [in_channels] + [out_channels] * (num_layers - 1)
+        self.resnets, self.temp_convs = _resnets_and_temporal_convs(layer_in, out_channels, temb_channels, groups)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, out_channels)]) if add_downsample else None
-
-    def _layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, context, num_frames: int) -> torch.Tensor:
-        return self.temp_convs[i](self.resnets[i](x, temb), num_frames)
+        self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
+            out_channels, num_layers, head_dim, cross_attention_dim, groups)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_frames: int, context: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i in range(len(self.resnets)):
-            x = self._layer(i, x, temb, context, num_frames)
+            x = self.resnets[i](x, temb)
+            x = self.temp_convs[i](x, num_frames)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context, num_frames)
+                x = self.temp_attentions[i](x, num_frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -70,77 +76,72 @@ class DownBlock3D(nn.Module):
         return x, skips
 
 
-class CrossAttnDownBlock3D(_SpaceTimeAttention, DownBlock3D):
-    """A down block whose layers also attend over space (with cross-attention) and over time."""
+class CrossAttnDownBlock3D(DownBlock3D):
+    """The down block with attention (the reference's name for it); the layer is written in DownBlock3D."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, num_layers: int, groups: int,
                  add_downsample: bool, head_dim: int, cross_attention_dim: int):
-        super().__init__(in_channels, out_channels, temb_channels, num_layers, groups, add_downsample)
-        self._add_attention(out_channels, num_layers, head_dim, cross_attention_dim, groups)
-
-    def _layer(self, i, x, temb, context, num_frames):
-        x = super()._layer(i, x, temb, context, num_frames)
-        return self._attend(i, x, context, num_frames)
+        super().__init__(in_channels, out_channels, temb_channels, num_layers, groups, add_downsample,
+                         head_dim=head_dim, cross_attention_dim=cross_attention_dim)
 
 
-class UNetMidBlock3DCrossAttn(_SpaceTimeAttention):
+class UNetMidBlock3DCrossAttn(nn.Module):
     """The bottleneck: resnet + temporal conv, then one attention pair and a second resnet + temporal conv."""
 
     def __init__(self, channels: int, temb_channels: int, groups: int, head_dim: int, cross_attention_dim: int):
         super().__init__()
-        layers = [_resnet_and_temporal_conv(channels, channels, temb_channels, groups) for _ in range(2)]
-        self.resnets = nn.ModuleList(resnet for resnet, _ in layers)
-        self.temp_convs = nn.ModuleList(conv for _, conv in layers)
-        self._add_attention(channels, 1, head_dim, cross_attention_dim, groups)
+        self.resnets, self.temp_convs = _resnets_and_temporal_convs([channels] * 2, channels, temb_channels, groups)
+        self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
+            channels, 1, head_dim, cross_attention_dim, groups)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
-        x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
-        x = self._attend(0, x, context, num_frames)
-        return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
+        x = self.resnets[0](x, temb)
+        x = self.temp_convs[0](x, num_frames)
+        x = self.attentions[0](x, context, num_frames)
+        x = self.temp_attentions[0](x, num_frames)
+        x = self.resnets[1](x, temb)
+        return self.temp_convs[1](x, num_frames)
 
 
 class UpBlock3D(nn.Module):
     """`num_layers` layers, each concatenating one skip connection before its resnet, then an optional
-    nearest-neighbour upsample to the next skip's spatial size.
+    nearest-neighbour upsample to the next skip's spatial size; with `cross_attention_dim` (the CrossAttn
+    kind) each layer also attends over space, with cross-attention to the context, and over time.
 
     Channels: the first layer reads `prev_output_channel` (the block below), the last layer's skip has
     `in_channels` (the matching down level's input), all others `out_channels`.
     """
 
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, temb_channels: int,
-                 num_layers: int, groups: int, add_upsample: bool):
+                 num_layers: int, groups: int, add_upsample: bool, head_dim: int | None = None,
+                 cross_attention_dim: int | None = None):
         super().__init__()
-        layers = []
-        for i in range(num_layers):
-            skip_channels = in_channels if i == num_layers - 1 else out_channels
-            resnet_in = prev_output_channel if i == 0 else out_channels
-            layers.append(_resnet_and_temporal_conv(resnet_in + skip_channels, out_channels, temb_channels, groups))
-        self.resnets = nn.ModuleList(resnet for resnet, _ in layers)
-        self.temp_convs = nn.ModuleList(conv for _, conv in layers)
+        layer_in = [(prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1
+                                                                          else out_channels)
+                    for i in range(num_layers)]
+        self.resnets, self.temp_convs = _resnets_and_temporal_convs(layer_in, out_channels, temb_channels, groups)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels)]) if add_upsample else None
-
-    def _layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, context, num_frames: int) -> torch.Tensor:
-        return self.temp_convs[i](self.resnets[i](x, temb), num_frames)
+        self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
+            out_channels, num_layers, head_dim, cross_attention_dim, groups)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, num_frames: int,
                 context: torch.Tensor | None = None, upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
         """`skips` are this block's skip connections in the order the down path produced them."""
         for i, skip in enumerate(reversed(skips)):
-            x = self._layer(i, torch.cat([x, skip], dim=1), temb, context, num_frames)
+            x = self.resnets[i](torch.cat([x, skip], dim=1), temb)
+            x = self.temp_convs[i](x, num_frames)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context, num_frames)
+                x = self.temp_attentions[i](x, num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
 
 
-class CrossAttnUpBlock3D(_SpaceTimeAttention, UpBlock3D):
-    """An up block whose layers also attend over space (with cross-attention) and over time."""
+class CrossAttnUpBlock3D(UpBlock3D):
+    """The up block with attention (the reference's name for it); the layer is written in UpBlock3D."""
 
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, temb_channels: int,
                  num_layers: int, groups: int, add_upsample: bool, head_dim: int, cross_attention_dim: int):
         super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, num_layers, groups,
-                         add_upsample)
-        self._add_attention(out_channels, num_layers, head_dim, cross_attention_dim, groups)
-
-    def _layer(self, i, x, temb, context, num_frames):
-        x = super()._layer(i, x, temb, context, num_frames)
-        return self._attend(i, x, context, num_frames)
+                         add_upsample, head_dim=head_dim, cross_attention_dim=cross_attention_dim)

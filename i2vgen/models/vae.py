@@ -100,7 +100,7 @@ class UNetMidBlock2D(nn.Module):
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(channels, channels, temb_channels=None, groups=groups, eps=1e-6) for _ in range(2)]
         )
-        attention = Attention(channels, heads=1, dim_head=channels, bias=True, norm_num_groups=groups, eps=1e-6,
+        attention = Attention(channels, heads=1, head_dim=channels, bias=True, norm_num_groups=groups, eps=1e-6,
                               residual_connection=True)
         self.attentions = nn.ModuleList([attention] if add_attention else [])
 
@@ -114,16 +114,18 @@ class UNetMidBlock2D(nn.Module):
         return self.resnets[1](x)
 
 
+def _resnets(in_channels: int, out_channels: int, num_layers: int, groups: int) -> nn.ModuleList:
+    """`num_layers` resnet blocks without a timestep embedding, the first mapping in_channels -> out_channels."""
+    return nn.ModuleList(ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels=None,
+                                       groups=groups, eps=1e-6) for i in range(num_layers))
+
+
 class DownEncoderBlock2D(nn.Module):
     """`num_layers` resnets, then (except at the last level) a stride-2 conv padded at bottom/right."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
-                          eps=1e-6)
-            for i in range(num_layers)
-        )
+        self.resnets = _resnets(in_channels, out_channels, num_layers, groups)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, out_channels, padding=0)]) if add_downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,11 +139,7 @@ class UpDecoderBlock2D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels=None, groups=groups,
-                          eps=1e-6)
-            for i in range(num_layers)
-        )
+        self.resnets = _resnets(in_channels, out_channels, num_layers, groups)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels)]) if add_upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
