@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from .cli import DTYPES, EMBEDDED_MODEL, UsageError, read_image, resolve_model
+from i2vgen.cli import DTYPES, EMBEDDED_MODEL, UsageError, read_image, resolve_model
 
 ASSETS = EMBEDDED_MODEL.parent.parent / "assets"
 EXAMPLES = [  # the demo's first frames, with a prompt each

@@ -291,10 +291,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
         height, width = height or self.default_size[0], width or self.default_size[1]
         self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
-                           prompt_embeds, negative_prompt_embeds, output_type)
-        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
-            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta "
-                             "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
+                           prompt_embeds, negative_prompt_embeds, output_type, eta)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
@@ -354,7 +351,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         return batch
 
     def _check_inputs(self, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
-                      prompt_embeds, negative_prompt_embeds, output_type):
+                      prompt_embeds, negative_prompt_embeds, output_type, eta):
         if height % 8 or width % 8:
             raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
         if num_frames < 1 or num_inference_steps < 1:
@@ -375,3 +372,6 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
                              f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
+            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta "
+                             "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")

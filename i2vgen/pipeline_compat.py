@@ -11,7 +11,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from . import offload
+from i2vgen import offload
 
 
 class DiffusersPipelineAPI:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from i2vgen import I2VGenXLPipeline
 
-FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", "tests/fixtures")) / "pipeline"
+FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures")) / "pipeline"
 CALLS = json.loads((FIXTURES / "calls.json").read_text())
 INFO = json.loads((FIXTURES / "info.json").read_text())
 RECORDED = load_file(FIXTURES / "frames.safetensors")

@@ -48,6 +48,20 @@ class I2VGenXLUNetConfig(Config):
     attention_head_dim: int = 64
     num_attention_heads: int | None = None  # ignored, as by the reference (see I2VGenXLUNet.__init__)
 
+    def __post_init__(self):
+        channels, levels = tuple(self.block_out_channels), len(self.block_out_channels)
+        if not len(self.down_block_types) == len(self.up_block_types) == levels:
+            raise ValueError(f"down_block_types, up_block_types and block_out_channels need one entry per level; "
+                             f"got {len(self.down_block_types)}, {len(self.up_block_types)}, {levels}")
+        for block_type, kinds in [*((t, DOWN_BLOCKS) for t in self.down_block_types),
+                                  *((t, UP_BLOCKS) for t in self.up_block_types)]:
+            if block_type not in kinds:
+                raise ValueError(f"unknown block type {block_type!r}; expected one of {sorted(kinds)}")
+        head_dim = self.attention_head_dim
+        if not (isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels)):
+            raise ValueError(f"attention_head_dim must be one int dividing every block_out_channels {channels}; "
+                             f"got {head_dim}")
+
 
 @dataclass
 class UNet3DConditionOutput:
@@ -69,8 +83,8 @@ class UNetCondition:
 
     def select(self, index: slice) -> "UNetCondition":
         """The condition of a sub-batch, e.g. `select(slice(0, 1))` (for a condition with R = B)."""
-        _check(self.context.shape[0] == self.image_latents.shape[0],
-               "select() needs a condition with one row of context per image latent")
+        if self.context.shape[0] != self.image_latents.shape[0]:
+            raise ValueError("select() needs a condition with one row of context per image latent")
         return UNetCondition(self.fps_emb[index], self.context[index], self.image_latents[index])
 
 
@@ -84,65 +98,54 @@ def image_latents_from(first_frame_latents: torch.Tensor, num_frames: int) -> to
 
 # ---- input checks: one clear ValueError each, kept out of the forward ----
 
-def _check(ok: bool, message: str):
-    if not ok:
-        raise ValueError(message)
-
-
 def _shape(x) -> tuple | None:
     return None if x is None else tuple(x.shape)
 
 
-def _check_config(config: I2VGenXLUNetConfig):
-    channels, levels = tuple(config.block_out_channels), len(config.block_out_channels)
-    _check(len(config.down_block_types) == len(config.up_block_types) == levels,
-           f"down_block_types, up_block_types and block_out_channels need one entry per level; got "
-           f"{len(config.down_block_types)}, {len(config.up_block_types)}, {levels}")
-    head_dim = config.attention_head_dim
-    _check(isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels),
-           f"attention_head_dim must be one int dividing every block_out_channels {channels}; got {head_dim}")
-
-
 def _check_condition_inputs(ctx_dim: int, fps, image_latents, image_embeddings, encoder_hidden_states):
     """encode_condition's inputs, as its docstring gives them."""
-    _check(image_latents is not None and image_latents.ndim == 5 and image_latents.shape[1] == LATENT_CHANNELS,
-           f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got {_shape(image_latents)}")
+    if image_latents is None or image_latents.ndim != 5 or image_latents.shape[1] != LATENT_CHANNELS:
+        raise ValueError(f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got "
+                         f"{_shape(image_latents)}")
     batch = image_latents.shape[0]
-    _check(encoder_hidden_states is not None and encoder_hidden_states.ndim == 3
-           and encoder_hidden_states.shape[2] == ctx_dim and encoder_hidden_states.shape[0] % batch == 0,
-           f"encoder_hidden_states must be (R, L, {ctx_dim}), R a multiple of image_latents' B={batch}; got "
-           f"{_shape(encoder_hidden_states)}")
+    if (encoder_hidden_states is None or encoder_hidden_states.ndim != 3
+            or encoder_hidden_states.shape[2] != ctx_dim or encoder_hidden_states.shape[0] % batch):
+        raise ValueError(f"encoder_hidden_states must be (R, L, {ctx_dim}), R a multiple of image_latents' "
+                         f"B={batch}; got {_shape(encoder_hidden_states)}")
     rows = encoder_hidden_states.shape[0]
-    _check(image_embeddings is not None and image_embeddings.shape[-1] == ctx_dim
-           and image_embeddings.numel() == rows * ctx_dim,
-           f"image_embeddings must be (R={rows}, {ctx_dim}) or (R, 1, {ctx_dim}); got {_shape(image_embeddings)}")
-    _check(fps is not None, "fps is required (frames per second, a (R,) tensor or a number)")
-    _check(torch.as_tensor(fps).numel() in (1, rows), f"fps must have 1 or R={rows} values; got "
-                                                      f"{torch.as_tensor(fps).numel()}")
+    if image_embeddings is None or image_embeddings.shape[-1] != ctx_dim or image_embeddings.numel() != rows * ctx_dim:
+        raise ValueError(f"image_embeddings must be (R={rows}, {ctx_dim}) or (R, 1, {ctx_dim}); got "
+                         f"{_shape(image_embeddings)}")
+    if fps is None:
+        raise ValueError("fps is required (frames per second, a (R,) tensor or a number)")
+    if torch.as_tensor(fps).numel() not in (1, rows):
+        raise ValueError(f"fps must have 1 or R={rows} values; got {torch.as_tensor(fps).numel()}")
 
 
 def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, raw: dict, condition, timestep_cond,
                           cross_attention_kwargs):
-    _check(isinstance(sample, torch.Tensor) and sample.ndim == 5,
-           f"sample must be a 5-D (B, C, F, H, W) tensor; got shape {getattr(sample, 'shape', type(sample))}")
-    _check(sample.shape[1] == config.in_channels,
-           f"sample must have in_channels={config.in_channels} channels; got shape {tuple(sample.shape)}")
-    _check(timestep_cond is None and not cross_attention_kwargs,
-           "timestep_cond and cross_attention_kwargs are not supported by I2VGenXLUNet")
+    if not isinstance(sample, torch.Tensor) or sample.ndim != 5:
+        raise ValueError(f"sample must be a 5-D (B, C, F, H, W) tensor; got shape "
+                         f"{getattr(sample, 'shape', type(sample))}")
+    if sample.shape[1] != config.in_channels:
+        raise ValueError(f"sample must have in_channels={config.in_channels} channels; got shape "
+                         f"{tuple(sample.shape)}")
+    if timestep_cond is not None or cross_attention_kwargs:
+        raise ValueError("timestep_cond and cross_attention_kwargs are not supported by I2VGenXLUNet")
     batch, _, frames, height, width = sample.shape
-    t = torch.as_tensor(timestep)
-    _check(t.numel() in (1, batch), f"timestep must be a number or have 1 or B={batch} values; got {t.numel()}")
-    if condition is None:
-        expected = (batch, LATENT_CHANNELS, frames, height, width)
-        _check(raw["image_latents"] is not None and tuple(raw["image_latents"].shape) == expected,
-               f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = {expected}; got "
-               f"{_shape(raw['image_latents'])}")
-    else:
-        _check(all(x is None for x in raw.values()), "pass either condition= or fps/image_latents/image_embeddings/"
-                                                     "encoder_hidden_states, not both")
-        _check(condition.image_latents.shape == sample.shape,
-               f"condition was encoded for image_latents of shape {_shape(condition.image_latents)}, which does not "
-               f"match sample {tuple(sample.shape)}")
+    if torch.as_tensor(timestep).numel() not in (1, batch):
+        raise ValueError(f"timestep must be a number or have 1 or B={batch} values; got "
+                         f"{torch.as_tensor(timestep).numel()}")
+    expected = (batch, LATENT_CHANNELS, frames, height, width)
+    if condition is None and _shape(raw["image_latents"]) != expected:
+        raise ValueError(f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = "
+                         f"{expected}; got {_shape(raw['image_latents'])}")
+    if condition is not None and any(x is not None for x in raw.values()):
+        raise ValueError("pass either condition= or fps/image_latents/image_embeddings/encoder_hidden_states, "
+                         "not both")
+    if condition is not None and condition.image_latents.shape != sample.shape:
+        raise ValueError(f"condition was encoded for image_latents of shape {_shape(condition.image_latents)}, "
+                         f"which does not match sample {tuple(sample.shape)}")
 
 
 DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
@@ -151,7 +154,6 @@ UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": CrossAttnUpBlock3D}
 
 def _build_block(kinds: dict, block_type: str, attention_args: dict, **args) -> nn.Module:
     """A block named by the config; the CrossAttn kinds also get the attention arguments."""
-    _check(block_type in kinds, f"unknown block type {block_type!r}; expected one of {sorted(kinds)}")
     if block_type.startswith("CrossAttn"):
         args.update(attention_args)
     return kinds[block_type](**args)
@@ -165,7 +167,6 @@ class I2VGenXLUNet(ModelMixin):
     def __init__(self, config: I2VGenXLUNetConfig | None = None, **kwargs):
         super().__init__()
         config = replace(config, **kwargs) if config is not None else I2VGenXLUNetConfig(**kwargs)
-        _check_config(config)
         self.config = config
         channels, levels = tuple(config.block_out_channels), len(config.block_out_channels)
         # The reference names the per-head width `attention_head_dim` but hands it to its blocks in the

@@ -15,8 +15,7 @@ import torch
 
 from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-
-from .schedule import SchedulerFolders, check_config, dynamic_threshold, make_betas, spaced_timesteps
+from i2vgen.schedulers.schedule import SchedulerFolders, check_config, dynamic_threshold, make_betas, spaced_timesteps
 
 
 @dataclass

@@ -19,10 +19,9 @@ import torch
 
 from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-
-from .schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, check_choice, check_config, final_sigma,
-                       first_step_index, sigmas_at, sigmas_from_alphas_cumprod, solver_alphas_cumprod,
-                       spaced_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, check_choice, check_config, final_sigma,
+                                        first_step_index, sigmas_at, sigmas_from_alphas_cumprod, solver_alphas_cumprod,
+                                        spaced_timesteps)
 
 
 @dataclass

@@ -18,9 +18,9 @@ import torch
 
 from i2vgen.loading import Config
 
-from .schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice, check_config,
-                       data_prediction, dynamic_threshold, final_sigma, first_step_index, sigmas_at,
-                       solver_alphas_cumprod, solver_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice,
+                                        check_config, data_prediction, dynamic_threshold, final_sigma, first_step_index,
+                                        sigmas_at, solver_alphas_cumprod, solver_timesteps)
 
 SOLVER_TYPES = ("bh1", "bh2")
 
