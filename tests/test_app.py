@@ -156,6 +156,12 @@ def test_app_subcommand_help(capsys):
     assert "usage: i2vgen app" in out and "--host" in out and "127.0.0.1" in out
 
 
+def test_app_without_gradio_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` fail
+    assert main(["app"]) == 2
+    assert "pip install 'i2vgen[app]'" in capsys.readouterr().err
+
+
 # ---- the running app in headless Chromium ----
 
 def free_port() -> int:
