@@ -22,6 +22,7 @@ class Attention(nn.Module):
     def __init__(
         self,
         query_dim: int,
+        *,  # the head arguments by name only: the reference's positional, swapped naming is a known pitfall
         cross_attention_dim: int | None = None,
         heads: int = 8,
         head_dim: int = 64,

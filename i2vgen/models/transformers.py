@@ -25,7 +25,7 @@ class BasicTransformerBlock(nn.Module):
         x = x + ff(norm3(x))
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, cross_attention_dim: int | None = None):
+    def __init__(self, dim: int, *, heads: int, head_dim: int, cross_attention_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)
@@ -46,7 +46,7 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
-def _transformer_parts(channels: int, heads: int, head_dim: int, norm_num_groups: int,
+def _transformer_parts(channels: int, *, heads: int, head_dim: int, norm_num_groups: int,
                        cross_attention_dim: int | None = None) -> tuple[nn.Module, ...]:
     """GroupNorm, Linear proj_in, [one BasicTransformerBlock] and Linear proj_out, as the two transformers
     below build them (a list of one block: the checkpoint keys it as transformer_blocks.0)."""
@@ -64,10 +64,11 @@ class Transformer2DModel(nn.Module):
     (The UNet's 3D blocks configure linear, not 1x1-conv, projections.)
     """
 
-    def __init__(self, channels: int, heads: int, head_dim: int, cross_attention_dim: int, norm_num_groups: int):
+    def __init__(self, channels: int, *, heads: int, head_dim: int, cross_attention_dim: int, norm_num_groups: int):
         super().__init__()
         self.norm, self.proj_in, self.transformer_blocks, self.proj_out = _transformer_parts(
-            channels, heads, head_dim, norm_num_groups, cross_attention_dim)
+            channels, heads=heads, head_dim=head_dim, norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         """x ((b f), c, h, w), context (b, M, cross_attention_dim), one row per video -> ((b f), c, h, w)."""
@@ -87,10 +88,10 @@ class TransformerTemporalModel(nn.Module):
     tokens are folded to ((b h w), f, c). Added to the input.
     """
 
-    def __init__(self, channels: int, heads: int, head_dim: int, norm_num_groups: int):
+    def __init__(self, channels: int, *, heads: int, head_dim: int, norm_num_groups: int):
         super().__init__()
         self.norm, self.proj_in, self.transformer_blocks, self.proj_out = _transformer_parts(
-            channels, heads, head_dim, norm_num_groups)
+            channels, heads=heads, head_dim=head_dim, norm_num_groups=norm_num_groups)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """((b f), c, h, w) -> same shape."""
@@ -112,7 +113,7 @@ class ImageLatentTemporalEncoder(nn.Module):
     Keys: norm1, attn1, ff (the reference's `I2VGenXLTransformerTemporalEncoder`).
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    def __init__(self, dim: int, *, heads: int, head_dim: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)

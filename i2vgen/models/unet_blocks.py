@@ -28,8 +28,8 @@ def _resnets_and_temporal_convs(in_channels: list[int], out_channels: int, temb_
     return nn.ModuleList(resnet for resnet, _ in layers), nn.ModuleList(conv for _, conv in layers)
 
 
-def _spatial_and_temporal_transformers(channels: int, num_layers: int, head_dim: int | None,
-                                       cross_attention_dim: int | None, groups: int) -> tuple:
+def _spatial_and_temporal_transformers(channels: int, num_layers: int, groups: int, *, head_dim: int | None,
+                                       cross_attention_dim: int | None) -> tuple:
     """`attentions` and `temp_attentions`: one spatial (with cross-attention) and one temporal transformer per
     layer, heads of `head_dim` channels; (None, None) without cross_attention_dim (a block without attention)."""
     if cross_attention_dim is None:
@@ -58,7 +58,7 @@ class DownBlock3D(nn.Module):
         self.resnets, self.temp_convs = _resnets_and_temporal_convs(layer_in, out_channels, temb_channels, groups)
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, out_channels)]) if add_downsample else None
         self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
-            out_channels, num_layers, head_dim, cross_attention_dim, groups)
+            out_channels, num_layers, groups, head_dim=head_dim, cross_attention_dim=cross_attention_dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_frames: int, context: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -92,7 +92,7 @@ class UNetMidBlock3DCrossAttn(nn.Module):
         super().__init__()
         self.resnets, self.temp_convs = _resnets_and_temporal_convs([channels] * 2, channels, temb_channels, groups)
         self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
-            channels, 1, head_dim, cross_attention_dim, groups)
+            channels, 1, groups, head_dim=head_dim, cross_attention_dim=cross_attention_dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
@@ -122,7 +122,7 @@ class UpBlock3D(nn.Module):
         self.resnets, self.temp_convs = _resnets_and_temporal_convs(layer_in, out_channels, temb_channels, groups)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels)]) if add_upsample else None
         self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
-            out_channels, num_layers, head_dim, cross_attention_dim, groups)
+            out_channels, num_layers, groups, head_dim=head_dim, cross_attention_dim=cross_attention_dim)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, num_frames: int,
                 context: torch.Tensor | None = None, upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
