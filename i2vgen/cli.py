@@ -21,15 +21,15 @@ class UsageError(Exception):
     """Bad arguments found after parsing (exit status 2, like argparse's own)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="i2vgen", description="I2VGen-XL image-to-video generation.")
+def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser = parser_class(prog="i2vgen", description="I2VGen-XL image-to-video generation.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser(
         "generate", help="make a video from an image and a prompt",
         description="Make a video from an image and a prompt. Defaults follow the reference pipeline.",
     )
-    gen.add_argument("--image", required=True, help="input image file (its content becomes the first frame)")
-    gen.add_argument("--prompt", required=True, help="what should happen in the video")
+    gen.add_argument("--image", help="input image file (its content becomes the first frame); required")
+    gen.add_argument("--prompt", help="what should happen in the video; required")
     gen.add_argument("--model", help="local diffusers-layout folder or hub id, e.g. ali-vilab/i2vgen-xl "
                                      "(default: the embedded tiny demo model, 64x64 synthetic shapes)")
     gen.add_argument("--variant", help='weights variant to load, e.g. "fp16" for the released fp16 files')
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--out", type=Path, default=Path("video.gif"), help="output .gif or .mp4 (default: video.gif)")
+    add_batch_options(gen)
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
     commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
                                                       "(see docs/training.md and i2vgen train --help)")
@@ -54,8 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_batch_options(gen):
+    """Many videos, in one process or many under torchrun (i2vgen/jobs.py, docs/distributed.md)."""
+    batch = gen.add_argument_group("many videos (python -m i2vgen under torchrun runs them on N processes)")
+    batch.add_argument("--jobs", type=Path, help="a JSON-lines file, one video a line: its keys are the options "
+                                                 "above without dashes, e.g. {\"image\": \"a.png\", \"prompt\": "
+                                                 "\"...\", \"seed\": 3, \"out\": \"a.gif\"}; the command line "
+                                                 "gives the defaults. Needs --out-dir")
+    batch.add_argument("--out-dir", type=Path, help="folder of the jobs' videos (their \"out\" is relative to it); "
+                                                    "videos already there are skipped, so a rerun resumes")
+    batch.add_argument("--cfg-parallel", action="store_true",
+                       help="run the two halves of classifier-free guidance on a pair of processes (an even "
+                            "number of them): each video sooner")
+
+
 def check_args(args):
     """Everything that can be checked before the (slow) model load."""
+    for name in ("image", "prompt"):
+        if getattr(args, name) is None:
+            raise UsageError(f"--{name} is required")
     for name in ("steps", "frames", "fps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -96,39 +114,88 @@ def resolve_model(model: str | None) -> str:
     return str(EMBEDDED_MODEL)
 
 
-def generate(args) -> Path:
-    check_args(args)
-    image = read_image(args.image)
+def load_pipeline(args, device=None, verbose: bool = True):
+    """The pipeline that the run-wide options (--model, --variant, --dtype, --device) ask for."""
     model = resolve_model(args.model)
 
     import torch
     import transformers
 
     from i2vgen.pipeline import I2VGenXLPipeline
-    from i2vgen.video import export_to_gif, export_to_video
 
     transformers.utils.logging.disable_progress_bar()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(device or args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    print(f"Model: {model}", file=sys.stderr)
-    if args.model is None:
-        print("  NOTE: the embedded tiny demo knows only 64x64 synthetic shapes (\"a red circle moving right\"); "
-              "for real videos pass --model ali-vilab/i2vgen-xl (see weights/README.md).", file=sys.stderr)
+    if verbose:
+        print(f"Model: {model}", file=sys.stderr)
+        if args.model is None:
+            print("  NOTE: the embedded tiny demo knows only 64x64 synthetic shapes (\"a red circle moving "
+                  "right\"); for real videos pass --model ali-vilab/i2vgen-xl (see weights/README.md).",
+                  file=sys.stderr)
+    return I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)
 
-    start = time.perf_counter()
-    pipe = I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)
-    frames = pipe(
+
+def render(pipe, args, image, seed: int, output_type: str = "np"):
+    """One video's frames (F, H, W, 3) from a video's options. The seed seeds torch's global RNG too (the
+    first frame's latent is drawn from it), so the frames depend on the options and the seed alone."""
+    import torch
+
+    return pipe(
         prompt=args.prompt, image=image, height=args.height, width=args.width, target_fps=args.fps,
         num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        eta=args.eta, generator=torch.manual_seed(seed), output_type="np",
+        eta=args.eta, generator=torch.manual_seed(seed), output_type=output_type,
     ).frames[0]
+
+
+def save_video(frames, args):
+    from i2vgen.video import export_to_gif, export_to_video
+
     export = export_to_video if args.out.suffix.lower() == ".mp4" else export_to_gif
     export(frames, args.out, fps=args.fps)
+
+
+def generate(args) -> Path:
+    check_args(args)
+    image = read_image(args.image)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    if args.cfg_parallel:
+        return generate_in_pairs(args, image, seed)
+    start = time.perf_counter()
+    pipe = load_pipeline(args)
+    frames = render(pipe, args, image, seed)
+    save_video(frames, args)
     height, width = frames.shape[1:3]
     print(f"Wrote {args.out} ({len(frames)} frames, {width}x{height}, {args.fps} fps, seed {seed}) "
           f"in {time.perf_counter() - start:.1f} s")
+    return args.out
+
+
+def generate_in_pairs(args, image, seed: int) -> Path:
+    """One video with CFG-parallel on two processes (torchrun --nproc-per-node 2 -m i2vgen generate ...);
+    the first process of the pair writes it."""
+    from i2vgen.distributed import cfg_pairs, process_group
+
+    with process_group(args.device) as launch:
+        if launch.world_size != 2:
+            raise UsageError(f"--cfg-parallel for one video needs 2 processes, got {launch.world_size} "
+                             "(for more, give a job file: --jobs FILE --out-dir DIR)")
+        start = time.perf_counter()
+        pipe = load_pipeline(args, launch.device, verbose=launch.is_main)
+        pipe.set_progress_bar_config(disable=not launch.is_main)
+        seed = launch.broadcast(seed)  # without --seed each process drew its own
+        guided = args.guidance > 1
+        if guided:
+            pipe.enable_cfg_parallel(cfg_pairs(launch))
+        elif launch.is_main:
+            print(f"i2vgen: warning: --guidance {args.guidance} has no guidance to split; one process renders "
+                  "the video", file=sys.stderr)
+        if guided or launch.is_main:
+            frames = render(pipe, args, image, seed, output_type="np" if launch.is_main else "latent")
+        if launch.is_main:
+            save_video(frames, args)
+            print(f"Wrote {args.out} ({len(frames)} frames, seed {seed}, CFG-parallel on 2 processes) "
+                  f"in {time.perf_counter() - start:.1f} s")
     return args.out
 
 
@@ -145,6 +212,10 @@ def main(argv=None) -> int:
         return app_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if args.jobs is not None or args.out_dir is not None:
+            from i2vgen.jobs import run_jobs
+
+            return run_jobs(args, argv)
         generate(args)
     except UsageError as error:
         print(f"i2vgen: error: {error}", file=sys.stderr)

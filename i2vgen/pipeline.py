@@ -70,6 +70,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         self._progress_bar_config = {}
         self._offload_device = None
         self._sequential_guidance = False
+        self._cfg_exchange = None
 
     # ---- loading, saving, placement ----
 
@@ -141,6 +142,14 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         """Run the unconditional and conditional UNet passes one after the other instead of as one batch of
         two: half the activation memory, same output."""
         self._sequential_guidance = enabled
+
+    def enable_cfg_parallel(self, exchange=None):
+        """Run one half of classifier-free guidance here and the other in a partner process: `exchange.half`
+        is this process's half (0: unconditional, 1: conditional), and `exchange.gather(pred)` returns both
+        halves' predictions stacked [unconditional, conditional], once per step. Both processes then take the
+        same step, so the video is the one a single process makes. `i2vgen.distributed.cfg_pairs` builds one
+        over torch.distributed (docs/distributed.md); None turns it off."""
+        self._cfg_exchange = exchange
 
     @property
     def execution_device(self) -> torch.device:
@@ -230,6 +239,8 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
             unconditional = dict(conditional, encoder_hidden_states=per_video(negative_prompt_embeds),
                                  image_embeddings=torch.zeros_like(conditional["image_embeddings"]))
             halves = [unconditional, conditional]
+            if self._cfg_exchange is not None:  # the partner process computes the other half
+                halves = [halves[self._cfg_exchange.half]]
         if not self._sequential_guidance:
             halves = [{key: torch.cat([half[key] for half in halves]) for key in conditional}]
         # Both halves see the same image latents: passed once, the UNet runs its context-free layers once.
@@ -241,11 +252,14 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
     def _predict(self, latents, t, conditions, guidance_scale: float) -> torch.Tensor:
         """The UNet's prediction; with guidance, uncond + w * (cond - uncond) (Ho & Salimans 2022).
 
-        `conditions` covers the stacked [unconditional, conditional] batch in one or two passes. The latents
+        `conditions` covers the stacked [unconditional, conditional] batch in one or two passes (with
+        CFG-parallel, this process's half; the exchange brings the other). The latents
         go in once: with a condition of twice their batch the UNet runs its context-free trunk once for both."""
         pred = torch.cat([self.unet(latents, t, condition=c, return_dict=False)[0] for c in conditions])
         if guidance_scale <= 1:
             return pred
+        if self._cfg_exchange is not None:
+            pred = self._cfg_exchange.gather(pred)
         uncond, cond = pred.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 

@@ -1,0 +1,221 @@
+"""`i2vgen generate --jobs jobs.jsonl --out-dir DIR`: a list of videos on one process, or on many (torchrun).
+
+The job file has one JSON object a line whose keys are generate's long options without the dashes:
+{"image": "a.png", "prompt": "a red circle moving right", "seed": 3, "out": "a.gif"}. What a job leaves out
+comes from the command line; "out" is required and relative to DIR. Every process renders its share
+(i2vgen.distributed) and writes each video through a temporary file renamed into place, and rank 0 prints a
+summary. A video already in DIR is skipped, so a rerun after a crash or a preemption renders only the missing
+ones. A bad job (a missing image, an unknown key) fails alone: its one-line reason goes to the summary and to
+DIR/failures.jsonl, and the others go on.
+"""
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from i2vgen import cli
+from i2vgen.distributed import CFGParallel, Launch, cfg_pairs, process_group, shard
+from i2vgen.video import _atomic_path
+
+# Set once for the run on the command line: each process loads one pipeline and plays one part.
+RUN_WIDE = {"model", "variant", "dtype", "device", "jobs", "out_dir", "cfg_parallel"}
+# Errors of a job's input. In a CFG-parallel pair both processes meet them alike (same job, same checks), so
+# the pair can fail that job and go on together; any other error stops the run (a rerun resumes it).
+BAD_INPUT = (cli.UsageError, ValueError, TypeError, OSError)
+FAILURES = "failures.jsonl"
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """The command's parser, with a bad option reported as the job's error instead of an exit."""
+
+    def error(self, message):
+        raise cli.UsageError(message)
+
+
+@dataclass
+class Job:
+    line: int  # 1-based line of the job file
+    spec: dict | str  # the JSON object, or the line when it is not one
+    args: argparse.Namespace | None = None  # generate's options for this video
+    error: str | None = None  # why it cannot run
+
+    @property
+    def name(self) -> str:
+        out = self.spec.get("out") if isinstance(self.spec, dict) else None
+        return f"line {self.line}" + (f" ({out})" if out else "")
+
+    def failure(self, reason: str) -> dict:
+        return {"line": self.line, "out": self.spec.get("out") if isinstance(self.spec, dict) else None,
+                "reason": reason, "job": self.spec}
+
+
+def job_options(spec: dict, argv: list[str], out_dir: Path) -> argparse.Namespace:
+    """generate's options for one job: the command line, then the job's keys as if appended to it."""
+    known = vars(cli.build_parser().parse_args(argv))
+    extra = []
+    for key, value in spec.items():
+        dest = key.replace("-", "_")
+        if dest in RUN_WIDE:
+            raise cli.UsageError(f'"{key}" is set once for the whole run, on the command line')
+        if dest not in known or dest == "command":
+            raise cli.UsageError(f'unknown key "{key}" (the keys are generate\'s long options without the dashes)')
+        option = "--" + dest.replace("_", "-")
+        if value is None or value is False:  # null: the command line's value
+            continue
+        if value is True:  # a flag
+            extra.append(option)
+        elif isinstance(value, (str, int, float)):
+            extra.append(f"{option}={value}")  # "=": a value may start with a dash
+        else:
+            raise cli.UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
+    if "out" not in spec:
+        raise cli.UsageError('no "out": each job names its video, a path relative to --out-dir')
+    args = cli.build_parser(_RaisingParser).parse_args([*argv, *extra])
+    if args.out.is_absolute() or ".." in args.out.parts:
+        raise cli.UsageError(f'"out" must be a path inside --out-dir, got {args.out}')
+    args.out = out_dir / args.out
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cli.check_args(args)
+    return args
+
+
+def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
+    """Every non-blank line of the job file as a Job; the ones that cannot run carry their error."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise cli.UsageError(f"job file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise cli.UsageError(f"cannot read job file {path}: {error}") from None
+    jobs, first_of = [], {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            spec = json.loads(line)
+        except json.JSONDecodeError as error:
+            jobs.append(Job(number, line, error=f"not a JSON object: {error}"))
+            continue
+        job = Job(number, spec)
+        try:
+            if not isinstance(spec, dict):
+                raise cli.UsageError(f"a job is a JSON object {{...}}, got {line.strip()[:40]}")
+            job.args = job_options(spec, argv, out_dir)
+            if job.args.out in first_of:
+                raise cli.UsageError(f'"out" {spec["out"]} is also line {first_of[job.args.out]}\'s')
+            first_of[job.args.out] = number
+        except cli.UsageError as error:
+            job.args, job.error = None, str(error)
+        jobs.append(job)
+    return jobs
+
+
+def plan(jobs: list[Job]) -> dict:
+    """Rank 0's view, sent to all: the jobs to render (their video is not there yet) and a seed for each job
+    that has none (both processes of a pair must use the same)."""
+    pending = [i for i, job in enumerate(jobs) if job.error is None and not job.args.out.exists()]
+    return {"pending": pending, "seeds": {i: random.randrange(2**31) for i in pending if jobs[i].args.seed is None}}
+
+
+def my_share(jobs: list[Job], pending: list[int], launch: Launch, exchange: CFGParallel | None) -> list:
+    """(job index, guidance half or None) for this process. With CFG-parallel the guided jobs go to the pairs
+    in turn and the unguided ones to the processes in turn."""
+    if exchange is None:
+        return [(i, None) for i in shard(pending, launch.world_size, launch.rank)]
+    guided = [i for i in pending if jobs[i].args.guidance > 1]
+    unguided = [i for i in pending if jobs[i].args.guidance <= 1]
+    return ([(i, exchange.half) for i in shard(guided, launch.world_size // 2, launch.rank // 2)]
+            + [(i, None) for i in shard(unguided, launch.world_size, launch.rank)])
+
+
+def render_share(pipe, jobs: list[Job], share: list, seeds: dict, exchange, launch: Launch) -> list[dict]:
+    """Render this process's share; returns its finished and failed jobs (a pair's first process reports)."""
+    results = []
+    for i, half in tqdm(share, desc=f"rank {launch.rank}", unit="video", position=launch.local_rank,
+                        file=sys.stderr, dynamic_ncols=True):
+        job, writes = jobs[i], half in (None, 0)
+        start = time.perf_counter()
+        pipe.enable_cfg_parallel(exchange if half is not None else None)
+        try:
+            image = cli.read_image(job.args.image)
+            seed = seeds.get(i, job.args.seed)
+            frames = cli.render(pipe, job.args, image, seed, output_type="np" if writes else "latent")
+            if writes:
+                cli.save_video(frames, job.args)
+        except Exception as error:  # noqa: BLE001 - a job fails alone, whatever its error
+            if half is not None and not isinstance(error, BAD_INPUT):
+                raise  # the partner may be waiting in the exchange: stop, and let the rerun resume
+            if writes:
+                reason = str(error) if isinstance(error, cli.UsageError) else f"{type(error).__name__}: {error}"
+                results.append(job.failure(" ".join(reason.split())))
+            continue
+        if writes:
+            results.append({"line": job.line, "out": job.spec["out"], "seed": seed,
+                            "seconds": round(time.perf_counter() - start, 3)})
+    return results
+
+
+def write_failures(path: Path, failures: list[dict]):
+    """Replace `path` with one JSON line per failed job (empty when none failed), atomically."""
+    with _atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(json.dumps(failure) + "\n" for failure in failures), encoding="utf-8")
+
+
+def _stop_on_sigterm(signum, frame):
+    """torchrun stops the other processes with SIGTERM when one fails: exit through Python, so the video
+    being written removes its temporary file."""
+    raise SystemExit(128 + signum)
+
+
+def run_jobs(args, argv: list[str]) -> int:
+    """The --jobs run; returns the exit status (1 when a job failed)."""
+    if args.jobs is None or args.out_dir is None:
+        raise cli.UsageError("--jobs FILE and --out-dir DIR go together")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise cli.UsageError(f"--out-dir is not a folder: {args.out_dir}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = read_jobs(args.jobs, argv, args.out_dir)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    with process_group(args.device) as launch:
+        if args.cfg_parallel and launch.world_size % 2:
+            raise cli.UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
+                                 f"(torchrun --nproc-per-node 2 ...), got {launch.world_size}")
+        load_start = time.perf_counter()
+        pipe = cli.load_pipeline(args, launch.device, verbose=launch.is_main)
+        pipe.set_progress_bar_config(disable=True)  # one bar per process, over its videos
+        exchange = cfg_pairs(launch) if args.cfg_parallel else None
+        loaded = time.perf_counter()
+        todo = launch.broadcast(plan(jobs) if launch.is_main else None)
+        unguided = [jobs[i].name for i in todo["pending"] if jobs[i].args.guidance <= 1]
+        if exchange is not None and unguided and launch.is_main:
+            print(f"i2vgen: warning: --cfg-parallel: {len(unguided)} job(s) have guidance <= 1, nothing to split; "
+                  f"they are shared out one per process ({', '.join(unguided[:3])}...)", file=sys.stderr)
+        share = my_share(jobs, todo["pending"], launch, exchange)
+        results = launch.gather(render_share(pipe, jobs, share, todo["seeds"], exchange, launch))
+        if not launch.is_main:
+            return 0
+        return summarize(jobs, todo, results, args.out_dir, time.perf_counter() - loaded,
+                         loaded - load_start, launch.world_size)
+
+
+def summarize(jobs, todo, results, out_dir: Path, seconds: float, load_seconds: float, processes: int) -> int:
+    failures = sorted([job.failure(job.error) for job in jobs if job.error is not None]
+                      + [result for result in results if "reason" in result], key=lambda f: f["line"])
+    done = len(results) - sum("reason" in result for result in results)
+    skipped = len(jobs) - len(todo["pending"]) - sum(job.error is not None for job in jobs)
+    write_failures(out_dir / FAILURES, failures)
+    print(f"i2vgen: {done} done, {skipped} skipped, {len(failures)} failed in {seconds:.1f} s on {processes} "
+          f"process{'es' if processes > 1 else ''} after a {load_seconds:.1f} s model load: {60 * done / seconds:.1f} videos per minute")
+    for failure in failures:
+        print(f"  failed: line {failure['line']}" + (f" ({failure['out']})" if failure["out"] else "")
+              + f": {failure['reason']}")
+    if failures:
+        print(f"  (also in {out_dir / FAILURES})")
+    return 1 if failures else 0
