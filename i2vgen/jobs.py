@@ -10,10 +10,12 @@ DIR/failures.jsonl, and the others go on.
 """
 
 import argparse
+import contextlib
 import json
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +58,9 @@ class Job:
                 "reason": reason, "job": self.spec}
 
 
-def job_options(spec: dict, argv: list[str], out_dir: Path) -> argparse.Namespace:
-    """generate's options for one job: the command line, then the job's keys as if appended to it."""
-    known = vars(cli.build_parser().parse_args(argv))
+def job_options(spec: dict, argv: list[str], out_dir: Path, known: set[str]) -> argparse.Namespace:
+    """generate's options for one job: the command line `argv`, then the job's keys as if appended to it.
+    `known`: the option names (argparse dests)."""
     extra = []
     for key, value in spec.items():
         dest = key.replace("-", "_")
@@ -88,6 +90,7 @@ def job_options(spec: dict, argv: list[str], out_dir: Path) -> argparse.Namespac
 
 def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
     """Every non-blank line of the job file as a Job; the ones that cannot run carry their error."""
+    known = set(vars(cli.build_parser().parse_args(argv)))
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -107,7 +110,7 @@ def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
         try:
             if not isinstance(spec, dict):
                 raise cli.UsageError(f"a job is a JSON object {{...}}, got {line.strip()[:40]}")
-            job.args = job_options(spec, argv, out_dir)
+            job.args = job_options(spec, argv, out_dir, known)
             if job.args.out in first_of:
                 raise cli.UsageError(f'"out" {spec["out"]} is also line {first_of[job.args.out]}\'s')
             first_of[job.args.out] = number
@@ -168,22 +171,35 @@ def write_failures(path: Path, failures: list[dict]):
         Path(tmp).write_text("".join(json.dumps(failure) + "\n" for failure in failures), encoding="utf-8")
 
 
-def _stop_on_sigterm(signum, frame):
-    """torchrun stops the other processes with SIGTERM when one fails: exit through Python, so the video
-    being written removes its temporary file."""
-    raise SystemExit(128 + signum)
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """torchrun stops the other processes with SIGTERM when one fails: exit through Python then, so that the
+    video being written removes its temporary file. (Only the main thread can handle signals.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_jobs(args, argv: list[str]) -> int:
     """The --jobs run; returns the exit status (1 when a job failed)."""
     if args.jobs is None or args.out_dir is None:
         raise cli.UsageError("--jobs FILE and --out-dir DIR go together")
+    if any(arg == "--out" or arg.startswith("--out=") for arg in argv):
+        raise cli.UsageError('with --jobs each job names its video: "out" in the job, relative to --out-dir')
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise cli.UsageError(f"--out-dir is not a folder: {args.out_dir}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     jobs = read_jobs(args.jobs, argv, args.out_dir)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    with process_group(args.device) as launch:
+    with exit_on_sigterm(), process_group(args.device) as launch:
         if args.cfg_parallel and launch.world_size % 2:
             raise cli.UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
                                  f"(torchrun --nproc-per-node 2 ...), got {launch.world_size}")

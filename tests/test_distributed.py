@@ -228,3 +228,36 @@ def test_one_video_with_cfg_parallel(tmp_path, sequential_references):
     assert (tmp_path / "b.gif").read_bytes() == (sequential_references / "b.gif").read_bytes()
     assert "CFG-parallel on 2 processes" in (tmp_path / "rank0.log").read_text()
     assert (tmp_path / "rank1.log").read_text() == ""  # the partner computes and stays quiet
+
+
+def test_bad_jobs_fail_alone_with_one_line_reasons(tmp_path):
+    lines = ['{"prompt": "p", "colour": "red", "out": "a.gif"}',
+             '{"prompt": "p", "model": "elsewhere", "out": "b.gif"}',
+             '{"prompt": "p", "steps": "many", "out": "c.gif"}',
+             '{"prompt": "p", "seed": 1}',
+             '{"prompt": "p", "out": "../d.gif"}',
+             'not json',
+             '',
+             '["a", "list"]',
+             '{"prompt": "p", "seed": 1, "out": "e.gif"}',
+             '{"prompt": "p", "height": 30, "out": "f.gif"}',
+             '{"prompt": "q", "out": "e.gif"}']
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    code, printed = run_in_process(tmp_path, "--jobs", "jobs.jsonl", "--out-dir", "out", *DEFAULTS)
+    assert code == 1 and "i2vgen: 1 done, 0 skipped, 9 failed" in printed
+    reasons = {f["line"]: f["reason"] for f in map(json.loads, (tmp_path / "out" / "failures.jsonl").open())}
+    assert reasons.pop(10).startswith("--height")  # generate's own check (cli.check_args), its wording
+    assert reasons == {
+        1: 'unknown key "colour" (the keys are generate\'s long options without the dashes)',
+        2: '"model" is set once for the whole run, on the command line',
+        3: "argument --steps: invalid int value: 'many'",
+        4: 'no "out": each job names its video, a path relative to --out-dir',
+        5: '"out" must be a path inside --out-dir, got ../d.gif',
+        6: "not a JSON object: Expecting value: line 1 column 1 (char 0)",
+        8: 'a job is a JSON object {...}, got ["a", "list"]',
+        11: '"out" e.gif is also line 9\'s',
+    }
+    assert all(f"failed: line {line}" in printed for line in [*reasons, 10])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e.gif", "failures.jsonl"]
+    code, printed = run_in_process(tmp_path, "--jobs", "jobs.jsonl", "--out-dir", "out", "--out", "x.gif")
+    assert code == 2
