@@ -23,8 +23,7 @@ from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMoti
                                   sample_spec)
 from i2vgen.training.demo import MAX_TOKENS, RELEASED_SCHEDULER, WORDS, clip_encoders, pretrain_text_encoder
 from i2vgen.training.tokenizer import write_clip_tokenizer
-from i2vgen.training.train import (EMA, enable_gradient_checkpointing, offset_noise, sample_timesteps, train,
-                                  v_prediction_loss)
+from i2vgen.training.train import EMA, offset_noise, sample_timesteps, train, v_prediction_loss
 
 
 # ---- data ----
@@ -186,7 +185,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointed in (False, True):
         if checkpointed:
-            enable_gradient_checkpointing(unet)
+            unet.enable_gradient_checkpointing()
         unet.zero_grad()
         torch.manual_seed(1)  # the same dropout masks
         v_prediction_loss(unet, scheduler, x0, conditions, 0.1, torch.Generator().manual_seed(0)).backward()

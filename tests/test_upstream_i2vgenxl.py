@@ -17,8 +17,8 @@ Each upstream test, and what became of it (all in this file unless said):
   outputs_equivalent, test_inference_batch_single_identical, test_inference_batch_consistent, test_components_
   function, test_to_dtype, test_pipeline_call_signature, test_cfg, test_serialization_with_variants,
   test_loading_with_variants, test_loading_with_incorrect_variants_raises_error, test_torch_dtype_dict,
-  test_StableDiffusionMixin_component, test_vae_slicing, test_vae_tiling: ported. (test_freeu and
-  test_fused_qkv_projections come with the UNet's FreeU and fused projections.)
+  test_StableDiffusionMixin_component, test_vae_slicing, test_vae_tiling, test_freeu, test_fused_qkv_projections:
+  ported.
 - test_sequential_cpu_offload_forward_pass, test_sequential_offload_forward_pass_twice, test_model_cpu_offload_
   forward_pass, test_cpu_offload_forward_pass_twice: upstream needs an accelerator; ported with the CPU as the
   execution device (the hooks still run). Their checks of accelerate's hook classes and of the meta device are
@@ -241,3 +241,29 @@ def test_vae_tiling(pipe, baseline):
         pipe.disable_vae_tiling()
     # 32 x 32 frames fit in one 32-pixel tile, so this run is not even tiled (upstream allows 0.5)
     assert max_diff(tiled, baseline) < 5e-1
+
+
+def test_freeu(baseline):
+    pipe = dummy_pipe()
+    pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    with_freeu = call(pipe, output_type="np")[0]
+    pipe.disable_freeu()
+    for block in pipe.unet.up_blocks:
+        assert all(getattr(block, key) is None for key in ("s1", "s2", "b1", "b2"))
+    without = call(pipe, output_type="np")[0]
+    base = baseline.permute(0, 1, 3, 4, 2).numpy()  # "pt" (B, F, 3, H, W) -> "np" (B, F, H, W, 3)
+    assert not np.allclose(base[0, -3:, -3:, -1], with_freeu[0, -3:, -3:, -1])
+    assert np.allclose(base, without, atol=1e-2)
+    np.testing.assert_array_equal(without, base)
+
+
+def test_fused_qkv_projections(baseline):
+    pipe = dummy_pipe()
+    original = baseline[0, -3:, -3:, -1]
+    pipe.fuse_qkv_projections()
+    fused = call(pipe)[0][0, -3:, -3:, -1]
+    pipe.unfuse_qkv_projections()
+    unfused = call(pipe)[0][0, -3:, -3:, -1]
+    for a, b in ((original, fused), (fused, unfused), (original, unfused)):
+        assert np.allclose(a, b, atol=1e-2, rtol=1e-2)
+    assert torch.equal(unfused, original)

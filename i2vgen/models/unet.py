@@ -25,6 +25,7 @@ from torch import nn
 
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
+from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
 from i2vgen.models.unet_blocks import (CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D,
                                        UNetMidBlock3DCrossAttn, UpBlock3D)
@@ -159,7 +160,7 @@ def _build_block(kinds: dict, block_type: str, attention_args: dict, **args) -> 
     return kinds[block_type](**args)
 
 
-class I2VGenXLUNet(ModelMixin):
+class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
     """sample (B, C, F, H, W), timestep, condition -> prediction (B, C, F, H, W) (v-prediction when released)."""
 
     config_class = I2VGenXLUNetConfig
@@ -198,7 +199,8 @@ class I2VGenXLUNet(ModelMixin):
         self.up_blocks = nn.ModuleList(
             _build_block(UP_BLOCKS, block_type, attn, in_channels=up[min(i + 1, levels - 1)],
                          prev_output_channel=up[max(i - 1, 0)], out_channels=up[i], temb_channels=temb_dim,
-                         num_layers=config.layers_per_block + 1, groups=norm_groups, add_upsample=i < levels - 1)
+                         num_layers=config.layers_per_block + 1, groups=norm_groups, add_upsample=i < levels - 1,
+                         resolution_idx=i)
             for i, block_type in enumerate(config.up_block_types))
 
         self.conv_norm_out = nn.GroupNorm(norm_groups, channels[0], eps=1e-5)
@@ -223,6 +225,22 @@ class I2VGenXLUNet(ModelMixin):
             nn.Conv2d(in_ch * 4, in_ch * 4, 3, padding=1), nn.SiLU(),
             nn.Conv2d(in_ch * 4, in_ch, 3, padding=1))
         self.image_latents_temporal_encoder = ImageLatentTemporalEncoder(in_ch, heads=2, head_dim=in_ch)
+
+    # ---- switches; the rest of diffusers' model API (processors, fused QKV, sizes) is in model_api.py ----
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float):
+        """FreeU (Si et al. 2023, models/freeu.py) in up blocks 0 and 1: half the backbone channels x b1 / b2,
+        the skips' low frequencies x s1 / s2. Values used for this model: s1=0.9, s2=0.2, b1=1.2, b2=1.4."""
+        for block in self.up_blocks:
+            block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
+
+    def disable_freeu(self):
+        for block in self.up_blocks:
+            block.s1 = block.s2 = block.b1 = block.b2 = None
+
+    def _checkpointed_blocks(self) -> list[nn.Module]:
+        """The units enable_gradient_checkpointing recomputes: each down, mid and up block."""
+        return [*self.down_blocks, self.mid_block, *self.up_blocks]
 
     def _sinusoids(self, scalars: torch.Tensor) -> torch.Tensor:
         """Sinusoidal features in float32, then cast to the model's dtype (as the reference does)."""

@@ -13,6 +13,7 @@ unfold them, and the context has one row per video, (b, M, D).
 import torch
 from torch import nn
 
+from i2vgen.models.freeu import apply_freeu
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
 from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalModel
 
@@ -110,11 +111,13 @@ class UpBlock3D(nn.Module):
 
     Channels: the first layer reads `prev_output_channel` (the block below), the last layer's skip has
     `in_channels` (the matching down level's input), all others `out_channels`.
+    FreeU (models/freeu.py) re-weights the features and skips of up blocks 0 and 1 (`resolution_idx`, the
+    block's index in the UNet) while its s1, s2, b1, b2 are set (I2VGenXLUNet.enable_freeu).
     """
 
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, temb_channels: int,
                  num_layers: int, groups: int, add_upsample: bool, head_dim: int | None = None,
-                 cross_attention_dim: int | None = None):
+                 cross_attention_dim: int | None = None, resolution_idx: int | None = None):
         super().__init__()
         layer_in = [(prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1
                                                                           else out_channels)
@@ -123,11 +126,15 @@ class UpBlock3D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels)]) if add_upsample else None
         self.attentions, self.temp_attentions = _spatial_and_temporal_transformers(
             out_channels, num_layers, groups, head_dim=head_dim, cross_attention_dim=cross_attention_dim)
+        self.resolution_idx = resolution_idx
+        self.s1 = self.s2 = self.b1 = self.b2 = None  # FreeU, off
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, num_frames: int,
                 context: torch.Tensor | None = None, upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
         """`skips` are this block's skip connections in the order the down path produced them."""
         for i, skip in enumerate(reversed(skips)):
+            if self.b1 is not None:
+                x, skip = apply_freeu(self.resolution_idx, x, skip, self.s1, self.s2, self.b1, self.b2)
             x = self.resnets[i](torch.cat([x, skip], dim=1), temb)
             x = self.temp_convs[i](x, num_frames)
             if self.attentions is not None:
@@ -142,6 +149,8 @@ class CrossAttnUpBlock3D(UpBlock3D):
     """The up block with attention (the reference's name for it); the layer is written in UpBlock3D."""
 
     def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, temb_channels: int,
-                 num_layers: int, groups: int, add_upsample: bool, head_dim: int, cross_attention_dim: int):
+                 num_layers: int, groups: int, add_upsample: bool, head_dim: int, cross_attention_dim: int,
+                 resolution_idx: int | None = None):
         super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, num_layers, groups,
-                         add_upsample, head_dim=head_dim, cross_attention_dim=cross_attention_dim)
+                         add_upsample, head_dim=head_dim, cross_attention_dim=cross_attention_dim,
+                         resolution_idx=resolution_idx)

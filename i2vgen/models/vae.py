@@ -17,6 +17,7 @@ from torch import nn
 
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.attention import Attention
+from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from i2vgen.noise import randn_tensor
 
@@ -237,7 +238,7 @@ def _tiled(fn, x: torch.Tensor, tile_in: int, tile_out: int, overlap_factor: flo
     return torch.cat([torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3) for row in grid], dim=2)
 
 
-class AutoencoderKL(ModelMixin):
+class AutoencoderKL(ModelAPIMixin, ModelMixin):
     """SD 2.1's KL-VAE: `encode(x).latent_dist`, `decode(z).sample`, `forward` = encode then decode.
 
     Inputs are batches of images (N, C, H, W); a video is passed as its frames, (b f) c h w.

@@ -20,7 +20,6 @@ folder (`<output_dir>/pipeline`, EMA weights) that `I2VGenXLPipeline.from_pretra
 
 import argparse
 import copy
-import functools
 import json
 import math
 import shutil
@@ -31,7 +30,6 @@ from pathlib import Path
 import PIL.Image
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from tqdm.auto import tqdm
 
@@ -128,13 +126,6 @@ def v_prediction_loss(unet, scheduler, x0: torch.Tensor, conditions: dict, noise
     target = scheduler.get_velocity(x0, noise, t)
     pred = unet(x_t, t, **{k: v.to(unet.device) for k, v in conditions.items()}).sample
     return F.mse_loss(pred.float(), target.float())
-
-
-def enable_gradient_checkpointing(unet: I2VGenXLUNet):
-    """Recompute each down, mid and up block's activations during the backward pass instead of keeping
-    them: activation memory drops to about the blocks' inputs, for roughly one more forward pass of time."""
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
 
 class EMA:
@@ -258,7 +249,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
 
     unet.train().requires_grad_(True)
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(unet)
+        unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                               enabled=cfg.mixed_precision == "bf16")
     scaling_factor = pipe.vae.config.scaling_factor
