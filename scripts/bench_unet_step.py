@@ -50,6 +50,38 @@ def step_times(name: str, repeat: int) -> list[float]:
     return times
 
 
+def processor_overhead(calls: int = 20000) -> float | None:
+    """Microseconds that going through the default processor adds to one attention call: the AttnProcessor call
+    minus the bare F.scaled_dot_product_attention call, on tensors small enough that the kernel costs little.
+    None for code without processors."""
+    try:
+        from i2vgen.models.attention import Attention, AttnProcessor
+    except ImportError:
+        return None
+    attn, processor = Attention(8, heads=1, head_dim=8), AttnProcessor()
+    q = torch.randn(1, 1, 2, 8)
+    per_call = {}
+    for name, call in (("bare", lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)),
+                       ("processor", lambda: processor(attn, q, q, q))):
+        best = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            best.append((time.perf_counter() - start) / calls)
+        per_call[name] = min(best)
+    return 1e6 * (per_call["processor"] - per_call["bare"])
+
+
+def attention_calls(name: str) -> int:
+    """How many attention layers one UNet step runs (every attention layer but the image-latent encoder's)."""
+    spec = SIZES[name]
+    with torch.device("meta"):
+        unet = I2VGenXLUNet(**spec["config"])
+    return sum(type(m).__name__ == "Attention" for n, m in unet.named_modules()
+               if not n.startswith("image_latents_temporal_encoder"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -60,7 +92,11 @@ def main():
     for name in args.sizes.split(","):
         times = step_times(name, args.repeat)
         print(f"{name:6s} {statistics.median(times):8.2f} ms (min {min(times):.2f}, max {max(times):.2f}; "
-              f"{args.repeat} steps, {args.threads} thread(s), i2vgen from {i2vgen.__file__})")
+              f"{args.repeat} steps, {attention_calls(name)} attention calls per step, {args.threads} thread(s), "
+              f"i2vgen from {i2vgen.__file__})")
+    overhead = processor_overhead()
+    if overhead is not None:
+        print(f"default processor: {overhead:+.2f} us per attention call against a bare scaled_dot_product_attention")
 
 
 if __name__ == "__main__":
