@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from i2vgen.cli import DTYPES, EMBEDDED_MODEL, UsageError, read_image, resolve_model
+from i2vgen.cli import DTYPES, EMBEDDED_MODEL, UsageError, load_pipeline, read_image, render, save_video
 
 ASSETS = EMBEDDED_MODEL.parent.parent / "assets"
 EXAMPLES = [  # the demo's first frames, with a prompt each
@@ -80,17 +80,9 @@ class AppModel:
 
     def __init__(self, model: str | None = None, variant: str | None = None, device: str | None = None,
                  dtype: str | None = None):
-        import torch
-        import transformers
-
-        from .pipeline import I2VGenXLPipeline
-
-        transformers.utils.logging.disable_progress_bar()
-        self.model, self.variant, self.device, self.dtype = model, variant, device, dtype
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype or ("float16" if device.startswith("cuda") else "float32"))
-        self.pipe = I2VGenXLPipeline.from_pretrained(resolve_model(model), torch_dtype=torch_dtype,
-                                                     variant=variant).to(device)
+        # The run-wide options of `i2vgen generate`, loaded as it loads them.
+        self.options = argparse.Namespace(model=model, variant=variant, device=device, dtype=dtype)
+        self.pipe = load_pipeline(self.options, verbose=False)
         self.settings = model_settings(self.pipe, embedded=model is None)
         self.out_dir = Path(tempfile.mkdtemp(prefix="i2vgen-app-"))
         self._lock = threading.Lock()  # one generation at a time, whatever the web server does
@@ -116,10 +108,6 @@ class AppModel:
                  seed: float | None = None, sampler: str = "ddim", session: str = "", progress=None):
         """Make one video. `image` is the uploaded file ({"path", "orig_name"}), `settings` the values of
         `self.settings`, seed None or -1 for a random one. Returns (mp4 path, seed, equivalent command)."""
-        import torch
-
-        from .video import export_to_video
-
         requested = time.monotonic()
         if not image or not image.get("path"):
             raise UsageError("Add a first frame: upload an image (or pick an example below the button).")
@@ -137,6 +125,10 @@ class AppModel:
         if sampler not in sampler_names():
             raise UsageError(f"Sampler must be one of {', '.join(sampler_names())}, got {sampler!r}")
         seed, steps = int(seed), values["steps"]
+        # The video's options as `i2vgen generate` holds them: rendered and saved by the same code.
+        video = argparse.Namespace(prompt=prompt, negative_prompt=negative_prompt or None, eta=0.0,
+                                   out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4",
+                                   **values)
 
         def on_step_end(pipe, step, t, tensors):
             if self._stopped_at.get(session, -1.0) > requested:
@@ -150,29 +142,19 @@ class AppModel:
                 raise Stopped()
             if progress is not None:
                 progress(0, desc="Encoding the image and the prompt")
-            frames = self.pipe(
-                prompt=prompt, image=pil_image, height=values["height"], width=values["width"],
-                target_fps=values["fps"], num_frames=values["frames"], num_inference_steps=steps,
-                guidance_scale=values["guidance"], negative_prompt=negative_prompt or None,
-                generator=torch.manual_seed(seed), output_type="np", callback_on_step_end=on_step_end,
-            ).frames[0]
-        path = Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4"
-        export_to_video(frames, path, fps=values["fps"])
-        return path, seed, self.command(name, prompt, negative_prompt, values, seed)
+            frames = render(self.pipe, video, pil_image, seed, callback_on_step_end=on_step_end)
+        save_video(frames, video)
+        return video.out, seed, self.command(name, video, seed)
 
-    def command(self, image_name: str, prompt: str, negative_prompt: str, values: dict, seed: int) -> str:
+    def command(self, image_name: str, video: argparse.Namespace, seed: int) -> str:
         """The `i2vgen generate` command that makes the same video."""
-        args = ["i2vgen", "generate", "--image", image_name, "--prompt", prompt]
-        if negative_prompt:
-            args += ["--negative-prompt", negative_prompt]
-        for option, value in (("model", self.model), ("variant", self.variant), ("device", self.device),
-                              ("dtype", self.dtype)):
-            if value is not None:
-                args += [f"--{option}", value]
-        args += ["--frames", values["frames"], "--fps", values["fps"], "--steps", values["steps"],
-                 "--guidance", values["guidance"], "--height", values["height"], "--width", values["width"],
-                 "--seed", seed, "--out", "video.mp4"]
-        return shlex.join(str(a) for a in args)
+        options = {**vars(self.options), **vars(video), "image": image_name, "seed": seed, "out": "video.mp4"}
+        args = ["i2vgen", "generate"]
+        for key in ("image", "prompt", "negative_prompt", "model", "variant", "device", "dtype", "frames", "fps",
+                    "steps", "guidance", "height", "width", "seed", "out"):
+            if options[key] is not None:
+                args += [f"--{key.replace('_', '-')}", str(options[key])]
+        return shlex.join(args)
 
 
 def build_page(app: AppModel):
@@ -207,7 +189,7 @@ def build_page(app: AppModel):
 
     note = ("The embedded tiny demo model knows only 64x64 synthetic shapes moving left, right, up or down "
             "(try the red circle); run `i2vgen app --model ali-vilab/i2vgen-xl` for real videos."
-            if app.model is None else f"Model: `{app.model}`.")
+            if app.options.model is None else f"Model: `{app.options.model}`.")
     with gr.Blocks(title="i2vgen", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(f"# i2vgen: image to video\nDrop an image, describe the motion, generate. {note}")
         with gr.Row():

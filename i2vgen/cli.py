@@ -135,9 +135,10 @@ def load_pipeline(args, device=None, verbose: bool = True):
     return I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)
 
 
-def render(pipe, args, image, seed: int, output_type: str = "np"):
+def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_step_end=None):
     """One video's frames (F, H, W, 3) from a video's options. The seed seeds torch's global RNG too (the
-    first frame's latent is drawn from it), so the frames depend on the options and the seed alone."""
+    first frame's latent is drawn from it), so the frames depend on the options and the seed alone.
+    callback_on_step_end goes to the pipeline (the web app's progress bar and Stop button)."""
     import torch
 
     return pipe(
@@ -145,6 +146,7 @@ def render(pipe, args, image, seed: int, output_type: str = "np"):
         num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
         eta=args.eta, generator=torch.manual_seed(seed), output_type=output_type,
+        callback_on_step_end=callback_on_step_end,
     ).frames[0]
 
 
