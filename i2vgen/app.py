@@ -157,8 +157,9 @@ class AppModel:
         return shlex.join(args)
 
 
-def build_page(app: AppModel):
-    """The Gradio page around `app`."""
+def _generate_handler(app: AppModel):
+    """The Generate button's handler: the video and its seed and command line, or one line of error on the
+    page (the server's log keeps the traceback)."""
     import gradio as gr
 
     def run(image, prompt, negative_prompt, frames, fps, steps, guidance, height, width, seed, sampler,
@@ -179,6 +180,15 @@ def build_page(app: AppModel):
         info = (f"Seed **{seed}**. The same video from the command line (with your image file):\n\n"
                 f"```bash\n{command}\n```")
         return str(path), info
+
+    return run
+
+
+def build_page(app: AppModel):
+    """The Gradio page around `app`."""
+    import gradio as gr
+
+    run = _generate_handler(app)
 
     def stop(request: gr.Request):
         app.stop(request.session_hash)
