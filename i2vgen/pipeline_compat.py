@@ -49,6 +49,9 @@ class DiffusersPipelineAPI:
         device = torch.device(device)
         if gpu_id is not None:
             device = torch.device(device.type, gpu_id)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"enable_sequential_cpu_offload: device {device} is not available here (no CUDA); "
+                               "pass device='cpu' or run on a machine with a GPU")
         self._offload_device = device
         self._remove_sequential_offload()
         self._sequential_hooks = [handle for model in self.models for handle in offload.attach(model, device)]
@@ -88,11 +91,9 @@ class DiffusersPipelineAPI:
         """Nothing to disable (see enable_attention_slicing)."""
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None):
-        """Has no effect, and warns: attention already is one `scaled_dot_product_attention` call, which picks a
-        flash or memory-efficient kernel by itself (the job xformers did before PyTorch 2). No xformers needed."""
-        warnings.warn("enable_xformers_memory_efficient_attention has no effect: attention already runs through "
-                      "torch's scaled_dot_product_attention (flash / memory-efficient kernels); xformers is not used",
-                      stacklevel=2)
+        """Has no effect, and warns (see I2VGenXLUNet.enable_xformers_memory_efficient_attention): attention
+        already is one `scaled_dot_product_attention` call, which picks a flash or memory-efficient kernel."""
+        self.unet.enable_xformers_memory_efficient_attention(attention_op)
 
     def disable_xformers_memory_efficient_attention(self):
         """Nothing to disable (see enable_xformers_memory_efficient_attention)."""

@@ -71,6 +71,9 @@ def test_components_and_from_pipe(pipe, plain_frames):
     assert not np.array_equal(run(other).frames, plain_frames)  # the new scheduler is really used
     with pytest.raises(TypeError, match="unknown components \\['controlnet'\\]"):
         I2VGenXLPipeline.from_pipe(pipe, controlnet=None)
+    source = fresh(None)
+    half = I2VGenXLPipeline.from_pipe(source, torch_dtype=torch.float16)
+    assert half.unet is source.unet and {m.dtype for m in half.models} == {torch.float16}  # shared, so cast too
 
 
 def test_progress_bar(pipe):
@@ -100,6 +103,9 @@ def test_sequential_cpu_offload_equals_plain(plain_frames, monkeypatch):
     np.testing.assert_array_equal(run(pipe).frames, plain_frames)
     pipe.maybe_free_model_hooks()  # nothing left to free: every model is back on the CPU
     assert all(getattr(pipe, name).device.type == "cpu" for name in MODELS)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device cuda is not available"):
+            pipe.enable_sequential_cpu_offload()
 
 
 def test_vae_slicing_and_tiling_switches(pipe, plain_frames):
@@ -117,6 +123,9 @@ def test_vae_slicing_and_tiling_switches(pipe, plain_frames):
 
 @pytest.mark.parametrize("method", ["enable_attention_slicing", "enable_xformers_memory_efficient_attention"])
 def test_attention_switches_say_they_do_nothing(pipe, method):
+    if method.endswith("xformers_memory_efficient_attention"):  # the UNet has the switch too, as in the reference
+        with pytest.warns(UserWarning, match="has no effect"):
+            pipe.unet.enable_xformers_memory_efficient_attention()
     with pytest.warns(UserWarning, match="has no effect.*scaled_dot_product_attention"):
         getattr(pipe, method)()
     with warnings.catch_warnings():

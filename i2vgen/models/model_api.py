@@ -1,13 +1,15 @@
 """The model methods of diffusers' ModelMixin that users call, for I2VGenXLUNet and AutoencoderKL.
 
 - size: `num_parameters`, `get_memory_footprint`;
-- attention hooks (see docs/research.md): `attn_processors`, `set_attn_processor`, `set_default_attn_processor`;
+- attention hooks (see docs/research.md): `attn_processors`, `set_attn_processor`, `set_default_attn_processor`
+  (and the xformers switches, which only say that attention already is one SDPA call);
 - fused projections: `fuse_qkv_projections`, `unfuse_qkv_projections`;
 - training memory: `enable_gradient_checkpointing`, `disable_gradient_checkpointing` (models that name their
   checkpointed blocks in `_checkpointed_blocks`).
 """
 
 import functools
+import warnings
 
 import torch
 import torch.utils.checkpoint
@@ -69,6 +71,16 @@ class ModelAPIMixin:
     def set_default_attn_processor(self):
         """Back to one scaled_dot_product_attention call everywhere."""
         self.set_attn_processor(AttnProcessor())
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None):
+        """Has no effect, and warns: attention already is one `scaled_dot_product_attention` call, which picks a
+        flash or memory-efficient kernel by itself (the job xformers did before PyTorch 2). No xformers needed."""
+        warnings.warn("enable_xformers_memory_efficient_attention has no effect: attention already runs through "
+                      "torch's scaled_dot_product_attention (flash / memory-efficient kernels); xformers is not used",
+                      stacklevel=3)
+
+    def disable_xformers_memory_efficient_attention(self):
+        """Nothing to disable (see enable_xformers_memory_efficient_attention)."""
 
     # ---- fused projections ----
 
