@@ -203,17 +203,19 @@ def run_jobs(args, argv: list[str]) -> int:
         if args.cfg_parallel and launch.world_size % 2:
             raise cli.UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
                                  f"(torchrun --nproc-per-node 2 ...), got {launch.world_size}")
-        load_start = time.perf_counter()
-        pipe = cli.load_pipeline(args, launch.device, verbose=launch.is_main)
-        pipe.set_progress_bar_config(disable=True)  # one bar per process, over its videos
-        exchange = cfg_pairs(launch) if args.cfg_parallel else None
-        loaded = time.perf_counter()
         todo = launch.broadcast(plan(jobs) if launch.is_main else None)
+        exchange = cfg_pairs(launch) if args.cfg_parallel else None
         unguided = [jobs[i].name for i in todo["pending"] if jobs[i].args.guidance <= 1]
         if exchange is not None and unguided and launch.is_main:
             print(f"i2vgen: warning: --cfg-parallel: {len(unguided)} job(s) have guidance <= 1, nothing to split; "
                   f"they are shared out one per process ({', '.join(unguided[:3])}...)", file=sys.stderr)
         share = my_share(jobs, todo["pending"], launch, exchange)
+        load_start = time.perf_counter()
+        pipe = None
+        if share:  # a rerun with every video there loads no model
+            pipe = cli.load_pipeline(args, launch.device, verbose=launch.is_main)
+            pipe.set_progress_bar_config(disable=True)  # one bar per process, over its videos
+        loaded = time.perf_counter()
         results = launch.gather(render_share(pipe, jobs, share, todo["seeds"], exchange, launch))
         if not launch.is_main:
             return 0
@@ -228,7 +230,8 @@ def summarize(jobs, todo, results, out_dir: Path, seconds: float, load_seconds: 
     skipped = len(jobs) - len(todo["pending"]) - sum(job.error is not None for job in jobs)
     write_failures(out_dir / FAILURES, failures)
     print(f"i2vgen: {done} done, {skipped} skipped, {len(failures)} failed in {seconds:.1f} s on {processes} "
-          f"process{'es' if processes > 1 else ''} after a {load_seconds:.1f} s model load: {60 * done / seconds:.1f} videos per minute")
+          f"process{'es' if processes > 1 else ''} after a {load_seconds:.1f} s model load: "
+          f"{60 * done / seconds:.1f} videos per minute")
     for failure in failures:
         print(f"  failed: line {failure['line']}" + (f" ({failure['out']})" if failure["out"] else "")
               + f": {failure['reason']}")

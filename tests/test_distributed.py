@@ -125,10 +125,11 @@ def test_torchrun_two_ranks_render_the_single_process_videos(tmp_path, reference
 
 
 def run_in_process(cwd: Path, *args) -> tuple[int, str]:
-    printed = io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(printed):
+    """main() in this process; the exit status and what it printed (stdout, then stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["generate", *args])
-    return code, printed.getvalue()
+    return code, out.getvalue() + err.getvalue()
 
 
 def _plain_and_cfg_parallel(launch, tmp_path):
@@ -217,6 +218,8 @@ def test_a_rank_that_dies_leaves_no_partial_video_and_the_rerun_completes(tmp_pa
     code, printed = run_in_process(tmp_path, "--jobs", str(jobs), "--out-dir", str(out), *DEFAULTS)
     assert code == 0 and f"i2vgen: {6 - len(left)} done, {len(left)} skipped, 0 failed" in printed
     assert videos(out) == videos(references)
+    code, printed = run_in_process(tmp_path, "--jobs", str(jobs), "--out-dir", str(out), *DEFAULTS)
+    assert code == 0 and "i2vgen: 0 done, 6 skipped, 0 failed" in printed and "Model:" not in printed  # no load
 
 
 def _one_video(launch, out):
