@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         train_main(argv[1:])
         return 0
     if argv[:1] == ["app"]:
-        from .app import main as app_main
+        from i2vgen.app import main as app_main
 
         return app_main(argv[1:])
     args = build_parser().parse_args(argv)
