@@ -16,6 +16,8 @@ _EXPORTS = {
     "UniPCMultistepScheduler": "i2vgen.schedulers.unipc",
     "DPMSolverMultistepScheduler": "i2vgen.schedulers.dpm_solver",
     "EulerDiscreteScheduler": "i2vgen.schedulers.euler",
+    "PowerUniPCScheduler": "i2vgen.schedulers.fast",
+    "fast_scheduler": "i2vgen.schedulers.fast",
     "I2VGenXLPipeline": "i2vgen.pipeline",
 }
 

@@ -7,6 +7,8 @@ a non-zero exit; an interrupted run leaves no partial video.
 """
 
 import argparse
+import dataclasses
+import json
 import random
 import sys
 import time
@@ -34,7 +36,12 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                                      "(default: the embedded tiny demo model, 64x64 synthetic shapes)")
     gen.add_argument("--variant", help='weights variant to load, e.g. "fp16" for the released fp16 files')
     gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
-    gen.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    gen.add_argument("--steps", type=int, help="sampling steps (default: 50; with --fast, its recommended 15)")
+    gen.add_argument("--scheduler", default="ddim", metavar="NAME[:KEY=VALUE,...]",
+                     help="sampler: ddim (the model's own, default), unipc, dpm++, sde-dpm++, euler (these with "
+                          "trailing spacing) or fast; optional config options, e.g. unipc:solver_order=3")
+    gen.add_argument("--fast", action="store_true",
+                     help="the recommended few-step sampler at its step count (same as --scheduler fast --steps 15)")
     gen.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale (default: 9.0)")
     gen.add_argument("--frames", type=int, default=16, help="number of frames (default: 16)")
     gen.add_argument("--fps", type=int, default=16, help="frames per second: a condition and the file's rate "
@@ -42,7 +49,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     gen.add_argument("--height", type=int, help="frame height, a multiple of 8 (default: the model's; 704)")
     gen.add_argument("--width", type=int, help="frame width, a multiple of 8 (default: the model's; 1280)")
     gen.add_argument("--seed", type=int, help="random seed (default: a random one, printed)")
-    gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 is deterministic (default: 0)")
+    gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 is deterministic (default: 0; "
+                                                             "ddim only)")
     gen.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--out", type=Path, default=Path("video.gif"), help="output .gif or .mp4 (default: video.gif)")
@@ -69,8 +77,49 @@ def add_batch_options(gen):
                             "number of them): each video sooner")
 
 
+def parse_scheduler(text: str) -> tuple[str, dict]:
+    """"unipc:solver_order=3,timestep_spacing=linspace" -> ("unipc", {"solver_order": 3, ...}); values are read
+    as JSON (numbers, true/false, null) or else taken as strings."""
+    from i2vgen.schedulers import NAMED
+
+    name, _, rest = text.partition(":")
+    if name not in NAMED:
+        raise UsageError(f"--scheduler: unknown name {name!r}; choose one of {', '.join(NAMED)}")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--scheduler: option {item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    fields = {f.name for f in dataclasses.fields(NAMED[name][0].config_class)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UsageError(f"--scheduler: {name} has no option {unknown[0]!r}; "
+                         f"its options are {', '.join(sorted(fields))}")
+    return name, options
+
+
+def sampler_of(args) -> tuple[str, dict, int]:
+    """(scheduler name, its options, steps) that --fast, --scheduler and --steps ask for (options made without
+    the parser, as the web app's, may leave out the first two: the model's own DDIM)."""
+    from i2vgen.schedulers.fast import FAST_STEPS
+
+    fast, scheduler = getattr(args, "fast", False), getattr(args, "scheduler", "ddim")
+    if fast and scheduler != "ddim":
+        raise UsageError("--fast picks its own sampler: leave out --scheduler")
+    name, options = parse_scheduler("fast" if fast else scheduler)
+    steps = args.steps if args.steps is not None else FAST_STEPS if fast else 50
+    return name, options, steps
+
+
 def check_args(args):
-    """Everything that can be checked before the (slow) model load."""
+    """Everything that can be checked before the (slow) model load; fills in the default step count."""
+    name, _, args.steps = sampler_of(args)
+    if args.eta and name != "ddim":
+        raise UsageError(f"--eta applies only to the ddim scheduler, not {name}")
     for name in ("image", "prompt"):
         if getattr(args, name) is None:
             raise UsageError(f"--{name} is required")
@@ -141,13 +190,21 @@ def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_st
     callback_on_step_end goes to the pipeline (the web app's progress bar and Stop button)."""
     import torch
 
-    return pipe(
-        prompt=args.prompt, image=image, height=args.height, width=args.width, target_fps=args.fps,
-        num_frames=args.frames,
-        num_inference_steps=args.steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        eta=args.eta, generator=torch.manual_seed(seed), output_type=output_type,
-        callback_on_step_end=callback_on_step_end,
-    ).frames[0]
+    from i2vgen.schedulers import by_name
+
+    name, options, steps = sampler_of(args)
+    released = pipe.scheduler  # the model's own; each video builds its sampler from its config
+    pipe.scheduler = by_name(name, released.config, **options)
+    try:
+        return pipe(
+            prompt=args.prompt, image=image, height=args.height, width=args.width, target_fps=args.fps,
+            num_frames=args.frames,
+            num_inference_steps=steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+            eta=args.eta, generator=torch.manual_seed(seed), output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+        ).frames[0]
+    finally:
+        pipe.scheduler = released
 
 
 def save_video(frames, args):
@@ -165,6 +222,7 @@ def generate(args) -> Path:
         return generate_in_pairs(args, image, seed)
     start = time.perf_counter()
     pipe = load_pipeline(args)
+    print(f"Sampler: {sampler_of(args)[0]}, {args.steps} steps", file=sys.stderr)
     frames = render(pipe, args, image, seed)
     save_video(frames, args)
     height, width = frames.shape[1:3]

@@ -37,6 +37,7 @@ from i2vgen.noise import randn_tensor
 from i2vgen.outputs import BaseOutput
 from i2vgen.pipeline_compat import DiffusersPipelineAPI
 from i2vgen.preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
+from i2vgen.schedulers import load_scheduler
 from i2vgen.schedulers.ddim import DDIMScheduler
 
 __all__ = ["I2VGenXLPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor", "randn_tensor"]
@@ -90,7 +91,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
             **load_clip_components(folder, dtypes, variants),  # text_encoder, tokenizer, image_encoder, feature_extractor
             unet=I2VGenXLUNet.from_pretrained(folder, subfolder="unet", torch_dtype=dtypes["unet"],
                                               variant=variants["unet"]),
-            scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+            scheduler=load_scheduler(folder / "scheduler"),  # DDIM, or the sampler a pipeline was saved with
         )
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: str | None = None):
@@ -319,8 +320,8 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         image_embeddings = self.encode_image(images, width)
         image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
 
-        # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents
-        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # init_noise_sigma may read it
+        # 4. timesteps; x_T ~ N(0, I) of (B, 4, F, h, w) from the generator (after the image latents), scaled
+        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # init_noise_sigma reads it
         latents = self.prepare_latents(batch, num_frames, height, width, prompt_embeds.dtype, generator, latents)
 
         # 5. sampling loop (DDIM or another scheduler), with the conditioning of the B videos encoded once

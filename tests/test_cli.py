@@ -62,6 +62,32 @@ def test_unreadable_and_missing_images(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png"]
 
 
+def test_fast_and_scheduler(tmp_path, capsys):
+    small = ["--frames", "2", "--height", "32", "--width", "32", "--seed", "1"]
+    assert main(["generate", "--image", str(IMAGE), "--prompt", "a house", "--fast", *small,
+                 "--out", str(tmp_path / "fast.gif")]) == 0
+    assert "Sampler: fast, 15 steps" in capsys.readouterr().err
+    assert generate("--scheduler", "unipc:solver_order=3,solver_type=bh1", "--out", str(tmp_path / "u.gif")) == 0
+    assert "Sampler: unipc, 2 steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scheduler", "plms"], "--scheduler: unknown name 'plms'; choose one of ddim, unipc, dpm++"),
+    (["--scheduler", "unipc:solver_oder=3"], "--scheduler: unipc has no option 'solver_oder'; its options are"),
+    (["--scheduler", "euler:3"], "--scheduler: option '3' is not KEY=VALUE"),
+    (["--fast", "--scheduler", "unipc"], "--fast picks its own sampler: leave out --scheduler"),
+    (["--scheduler", "dpm++", "--eta", "0.5"], "--eta applies only to the ddim scheduler, not dpm++"),
+])
+def test_bad_scheduler_arguments(capsys, args, message):
+    code, line = error_of(capsys, *args)
+    assert code == 2 and line.startswith("i2vgen: error:") and message in line
+
+
+def test_bad_scheduler_option_value_is_one_line(tmp_path, capsys):
+    code, line = error_of(capsys, "--scheduler", "dpm++:solver_order=5", "--out", str(tmp_path / "v.gif"))
+    assert code == 1 and line == "i2vgen: error: unknown solver_order 5; choose one of (1, 2, 3)"
+
+
 def test_missing_model_folder(tmp_path, capsys):
     code, line = error_of(capsys, "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.gif"))
     assert code == 1 and line == f"i2vgen: error: model folder not found: {tmp_path / 'nothing'}"
@@ -83,7 +109,8 @@ def test_help_through_the_entry_module():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--image", "--prompt", "--model", "--negative-prompt", "--steps", "--guidance", "--frames",
-                 "--fps", "--height", "--width", "--seed", "--eta", "--dtype", "--device", "--out"):
+                 "--fps", "--height", "--width", "--seed", "--eta", "--dtype", "--device", "--out", "--scheduler",
+                 "--fast"):
         assert flag in result.stdout
 
 

@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from i2vgen import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, I2VGenXLPipeline,
-                    UniPCMultistepScheduler)
-from i2vgen.schedulers import SCHEDULERS
+                    PowerUniPCScheduler, UniPCMultistepScheduler, fast_scheduler)
+from i2vgen.schedulers import SCHEDULERS, by_name, load_scheduler
+from i2vgen.schedulers.fast import FAST_OPTIONS, FAST_STEPS, power_timesteps
 from i2vgen.schedulers.schedule import solver_timesteps
 
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
@@ -155,3 +156,57 @@ def test_eta_only_where_it_applies(fixture_pipe):
                          num_inference_steps=2, eta=0.5)
     finally:
         fixture_pipe.scheduler = released
+
+
+# ---- the fast sampler (new: no reference) and loading by name ----
+
+def released_ddim():
+    return DDIMScheduler(beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
+                         prediction_type="v_prediction", clip_sample=False, steps_offset=1)
+
+
+def test_power_timesteps_at_rho_1_are_trailing_unipc():
+    config = released_ddim().config
+    power = PowerUniPCScheduler.from_config(config, timestep_power=1.0)
+    trailing = UniPCMultistepScheduler.from_config(config, timestep_spacing="trailing")
+    for n in (5, 15, 50):
+        power.set_timesteps(n)
+        trailing.set_timesteps(n)
+        assert torch.equal(power.timesteps, trailing.timesteps) and torch.equal(power.sigmas, trailing.sigmas)
+
+
+@pytest.mark.parametrize("rho", [0.5, 1.5, 3.0])
+def test_power_timesteps_start_at_pure_noise_and_all_move(rho):
+    timesteps = power_timesteps(1000, 40, rho)
+    assert timesteps[0] == 999 and len(timesteps) == 40 and np.all(np.diff(timesteps) < 0) and timesteps[-1] >= 0
+
+
+def test_fast_scheduler_is_built_from_the_pipeline_config():
+    scheduler = fast_scheduler(released_ddim().config)
+    assert isinstance(scheduler, PowerUniPCScheduler)
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert {k: getattr(scheduler.config, k) for k in FAST_OPTIONS} == FAST_OPTIONS
+    scheduler.set_timesteps(FAST_STEPS)
+    assert len(scheduler.timesteps) == FAST_STEPS and scheduler.timesteps[0] == 999 and scheduler.sigmas[-1] == 0
+    assert scheduler.timesteps.tolist() == list(FAST_OPTIONS["fitted_timesteps"])
+    scheduler.set_timesteps(10)  # other step counts: the power law
+    assert scheduler.timesteps.tolist() == power_timesteps(1000, 10, FAST_OPTIONS["timestep_power"]).tolist()
+
+
+def test_by_name_and_unknown_names():
+    assert isinstance(by_name("dpm++", released_ddim().config), DPMSolverMultistepScheduler)
+    assert by_name("sde-dpm++", released_ddim().config).stochastic
+    with pytest.raises(ValueError, match="unknown scheduler 'plms'"):
+        by_name("plms", released_ddim().config)
+
+
+def test_pipeline_saved_with_another_sampler_loads_with_it(fixture_pipe, tmp_path):
+    released = fixture_pipe.scheduler
+    fixture_pipe.scheduler = fast_scheduler(released.config)
+    try:
+        fixture_pipe.save_pretrained(tmp_path / "saved")
+    finally:
+        fixture_pipe.scheduler = released
+    reloaded = load_scheduler(tmp_path / "saved" / "scheduler")
+    assert isinstance(reloaded, PowerUniPCScheduler) and reloaded.config == fast_scheduler(released.config).config
+    assert isinstance(load_scheduler(FIXTURES / "pipeline" / "model" / "scheduler"), DDIMScheduler)
