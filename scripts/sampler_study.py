@@ -84,14 +84,14 @@ def measure(videos: np.ndarray, converged: np.ndarray, specs) -> dict:
     }
 
 
-def plot(path: Path, rows: list, width: int = 720, height: int = 440) -> None:
+def plot(path: Path, rows: list, width: int = 840, height: int = 460) -> None:
     """Distance to the converged video vs UNet passes, one line per sampler, log-log, drawn with PIL."""
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
               (0, 0, 0)]
     names = list(dict.fromkeys(r["sampler"] for r in rows))
     xs = np.log10([r["unet_calls"] for r in rows])
     ys = np.log10([r["distance"] for r in rows])
-    left, right, top, bottom = 70, 250, 40, 50
+    left, right, top, bottom = 70, 330, 40, 50
     x_lo, x_hi, y_lo, y_hi = xs.min() - 0.05, xs.max() + 0.05, ys.min() - 0.1, ys.max() + 0.1
     to_xy = lambda x, y: (left + (x - x_lo) / (x_hi - x_lo) * (width - left - right),  # noqa: E731
                           top + (y_hi - y) / (y_hi - y_lo) * (height - top - bottom))
@@ -117,10 +117,11 @@ def plot(path: Path, rows: list, width: int = 720, height: int = 440) -> None:
         draw.line(points, fill=color, width=2)
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        draw.line([(width - right + 12, top + 14 + 18 * k), (width - right + 32, top + 14 + 18 * k)], fill=color, width=3)
+        legend_y = top + 14 + 18 * k
+        draw.line([(width - right + 12, legend_y), (width - right + 32, legend_y)], fill=color, width=3)
         draw.text((width - right + 38, top + 8 + 18 * k), SAMPLERS[name][0], fill=(0, 0, 0))
-    draw.text((left, 12), "mean |video - converged| (log) vs guided UNet passes (log); tiny demo, 40 held-out frames",
-              fill=(0, 0, 0))
+    draw.text((left, 12), f"mean |video - converged| (log) vs guided UNet passes (log); tiny demo, {rows[0]['trials']} "
+              "held-out first frames", fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
