@@ -77,7 +77,7 @@ def job_options(spec: dict, argv: list[str], out_dir: Path, known: set[str]) -> 
             extra.append(f"{option}={value}")  # "=": a value may start with a dash
         else:
             raise cli.UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
-    if "out" not in spec:
+    if spec.get("out") is None:
         raise cli.UsageError('no "out": each job names its video, a path relative to --out-dir')
     args = cli.build_parser(_RaisingParser).parse_args([*argv, *extra])
     if args.out.is_absolute() or ".." in args.out.parts:
@@ -237,4 +237,7 @@ def summarize(jobs, todo, results, out_dir: Path, seconds: float, load_seconds: 
               + f": {failure['reason']}")
     if failures:
         print(f"  (also in {out_dir / FAILURES})")
+    for i, seed in todo["seeds"].items():  # so that a job without a seed can be made again
+        if any(result["line"] == jobs[i].line and "reason" not in result for result in results):
+            print(f"  {jobs[i].name}: seed {seed} (drawn)")
     return 1 if failures else 0

@@ -244,10 +244,12 @@ def test_bad_jobs_fail_alone_with_one_line_reasons(tmp_path):
              '["a", "list"]',
              '{"prompt": "p", "seed": 1, "out": "e.gif"}',
              '{"prompt": "p", "height": 30, "out": "f.gif"}',
-             '{"prompt": "q", "out": "e.gif"}']
+             '{"prompt": "q", "out": "e.gif"}',
+             '{"prompt": "p", "out": null}',
+             '{"prompt": "p", "out": "g.gif"}']
     (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
     code, printed = run_in_process(tmp_path, "--jobs", "jobs.jsonl", "--out-dir", "out", *DEFAULTS)
-    assert code == 1 and "i2vgen: 1 done, 0 skipped, 9 failed" in printed
+    assert code == 1 and "i2vgen: 2 done, 0 skipped, 10 failed" in printed
     reasons = {f["line"]: f["reason"] for f in map(json.loads, (tmp_path / "out" / "failures.jsonl").open())}
     assert reasons.pop(10).startswith("--height")  # generate's own check (cli.check_args), its wording
     assert reasons == {
@@ -259,8 +261,12 @@ def test_bad_jobs_fail_alone_with_one_line_reasons(tmp_path):
         6: "not a JSON object: Expecting value: line 1 column 1 (char 0)",
         8: 'a job is a JSON object {...}, got ["a", "list"]',
         11: '"out" e.gif is also line 9\'s',
+        12: 'no "out": each job names its video, a path relative to --out-dir',
     }
     assert all(f"failed: line {line}" in printed for line in [*reasons, 10])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e.gif", "failures.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e.gif", "failures.jsonl", "g.gif"]
+    seed = int(printed.split("line 13 (g.gif): seed ")[1].split()[0])  # a job without a seed: drawn, printed
+    assert main(["generate", *DEFAULTS, "--prompt", "p", "--seed", str(seed), "--out", str(tmp_path / "g.gif")]) == 0
+    assert (tmp_path / "g.gif").read_bytes() == (tmp_path / "out" / "g.gif").read_bytes()
     code, printed = run_in_process(tmp_path, "--jobs", "jobs.jsonl", "--out-dir", "out", "--out", "x.gif")
     assert code == 2
