@@ -94,7 +94,10 @@ def model_configs(config):
 def write_tiny_tokenizer(folder):
     """A byte-level CLIP BPE vocabulary with no merges: every byte is a token, with and without the end-of-word
     mark, plus the two special tokens. The CLIP tokenizer accepts it; no hub access is needed."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    try:
+        from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    except ImportError:  # transformers 5 keeps it in one place only
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
