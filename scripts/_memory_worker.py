@@ -72,10 +72,22 @@ class Stage:
 
 
 # ------------------------------------------------------------------------------------------------- building
+def model_sizes(config: str) -> dict:
+    """The bench's configs ("gpu": released, "cpu": reduced), and "tiny": every width 32, for the test suite."""
+    if config != "tiny":
+        return model_configs(config)
+    cfg = model_configs("cpu")
+    cfg["unet"].update(block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, attention_head_dim=16)
+    cfg["vae"].update(block_out_channels=(32, 32, 32, 32))
+    cfg["text"] = cfg["vision"] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg["projection_dim"] = 32
+    return cfg
+
+
 def clip_towers(config: str, vocab_size: int, special: dict):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    cfg = model_configs(config)
+    cfg = model_sizes(config)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, max_position_embeddings=77,
                                         projection_dim=cfg["projection_dim"], hidden_act="gelu", **special,
                                         **cfg["text"])).eval()
@@ -88,7 +100,7 @@ def clip_towers(config: str, vocab_size: int, special: dict):
 def build_pipeline(side: str, config: str, dtype: torch.dtype):
     """The side's pipeline at `config` ("gpu": released sizes, "cpu": the reduced bench config), with the
     bench's locally written tokenizer. Called inside FakeTensorMode for the plan, outside it for a real run."""
-    cfg = model_configs(config)
+    cfg = model_sizes(config)
     tmp = tempfile.mkdtemp()
     vocab = write_tiny_tokenizer(tmp)
     special = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
@@ -119,6 +131,8 @@ def build_pipeline(side: str, config: str, dtype: torch.dtype):
 # ------------------------------------------------------------------------------------------------- stages
 def ours_stages(pipe, call: dict) -> dict:
     """Our pipeline's stages, each through the method `__call__` uses for it."""
+    from i2vgen.preprocess import postprocess_video
+
     height, width, frames = call["height"], call["width"], call["num_frames"]
     image = make_input_image(width, height)
     guided = call["guidance_scale"] > 1
@@ -138,7 +152,7 @@ def ours_stages(pipe, call: dict) -> dict:
         pipe.scheduler.set_timesteps(call["num_inference_steps"])
         t = int(pipe.scheduler.timesteps[0])  # a number: fake arithmetic on it would stop at `if t_prev >= 0`
     latents = torch.randn(1, 4, frames, height // 8, width // 8, dtype=prompt.dtype)
-    conditions = pipe._encode_conditions(prompt, negative, embeddings, latents_in, 16)
+    conditions = pipe._encode_conditions(prompt, negative, embeddings, latents_in, 16, 1)
     carried = [latents, *[getattr(c, k) for c in conditions for k in ("fps_emb", "context", "image_latents")]]
 
     def step():
@@ -146,7 +160,8 @@ def ours_stages(pipe, call: dict) -> dict:
         return pipe._step(pred, t, latents, 0.0, None)
 
     _, out["step"] = Stage(pipe.unet, carried).run(step)
-    _, out["decode"] = Stage(pipe.vae, [latents]).run(lambda: pipe.decode_latents(latents, call["decode_chunk_size"]))
+    _, out["decode"] = Stage(pipe.vae, [latents]).run(
+        lambda: postprocess_video(pipe.decode_latents(latents, call["decode_chunk_size"]), "pt"))
     return out
 
 
@@ -202,7 +217,8 @@ def ref_stages(pipe, call: dict) -> dict:
         return new[None, :].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
     _, out["step"] = Stage(pipe.unet, [latents, prompt, fps, latents_in, embeddings]).run(step)
-    _, out["decode"] = Stage(pipe.vae, [latents]).run(lambda: pipe.decode_latents(latents, call["decode_chunk_size"]))
+    _, out["decode"] = Stage(pipe.vae, [latents]).run(lambda: pipe.video_processor.postprocess_video(
+        pipe.decode_latents(latents, call["decode_chunk_size"]), output_type="pt"))
     return out
 
 
@@ -221,8 +237,8 @@ def measure(side: str, call: dict, fake: bool = True) -> dict:
 
 
 def add_call_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--config", choices=["gpu", "cpu"], default="gpu",
-                   help="model sizes: gpu = the released model, cpu = the reduced bench config")
+    p.add_argument("--config", choices=["gpu", "cpu", "tiny"], default="gpu",
+                   help="model sizes: gpu = the released model, cpu = the reduced bench config, tiny = width 32")
     p.add_argument("--height", type=int, default=704)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--num-frames", type=int, default=16)
