@@ -134,15 +134,19 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
     # ---- memory controls (issue 4); none changes the output ----
 
     def enable_model_cpu_offload(self, device="cuda"):
-        """Keep every model on the CPU and move each to `device` only while it runs."""
+        """Keep every model on the CPU and move each to `device` only while it runs. Also switches on the UNet's
+        forward chunking (`unet.enable_forward_chunking()`: its layers run on slices of frames, same output)."""
         self._remove_sequential_offload()
         self._offload_device = torch.device(device)
         self.to("cpu")
+        self.unet.enable_forward_chunking()
 
     def enable_sequential_guidance(self, enabled: bool = True):
         """Run the unconditional and conditional UNet passes one after the other instead of as one batch of
-        two: half the activation memory, same output."""
+        two: half the activation memory, same output. Enabling it also switches on the UNet's forward chunking."""
         self._sequential_guidance = enabled
+        if enabled:
+            self.unet.enable_forward_chunking()
 
     def enable_cfg_parallel(self, exchange=None):
         """Run one half of classifier-free guidance here and the other in a partner process: `exchange.half`

@@ -137,8 +137,8 @@ def ours_stages(pipe, call: dict) -> dict:
     image = make_input_image(width, height)
     guided = call["guidance_scale"] > 1
     pipe.enable_sequential_guidance(call["guidance"] == "sequential")
-    if call["forward_chunking"]:
-        pipe.unet.enable_forward_chunking()
+    # Set after the guidance mode, which switches chunking on with it: the plan measures each option alone.
+    pipe.unet.enable_forward_chunking() if call["forward_chunking"] else pipe.unet.disable_forward_chunking()
     if call["vae_tiling"]:
         pipe.vae.enable_tiling()
     out = {}

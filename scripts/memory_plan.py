@@ -45,7 +45,7 @@ RESIDENT = {
                 step=("unet", "vae"), decode=("vae",)),
 }
 # The configurations of docs/performance.md: (label, call options).
-MEMORY_OPTIONS = dict(offload=True, guidance="sequential", decode_chunk_size=1)
+MEMORY_OPTIONS = dict(offload=True, guidance="sequential", decode_chunk_size=1, forward_chunking=True)
 DOC_CONFIGS = [
     ("default call: 1280x704, 16 frames, fp16, no option", {}),
     ("memory options, 16 frames", MEMORY_OPTIONS),

@@ -15,7 +15,7 @@ import _memory_worker as worker  # noqa: E402
 import memory_plan  # noqa: E402
 
 CALL = dict(config="tiny", height=64, width=64, num_frames=4, num_inference_steps=2, guidance_scale=9.0,
-            dtype="fp32", guidance="sequential", decode_chunk_size=1, vae_tiling=False, forward_chunking=False)
+            dtype="fp32", guidance="batched", decode_chunk_size=1, vae_tiling=False, forward_chunking=False)
 
 
 @pytest.fixture(scope="module")

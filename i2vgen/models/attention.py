@@ -96,6 +96,7 @@ class Attention(nn.Module):
         q, k, v = self._project(hidden_states, encoder_hidden_states)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         out = self.processor(self, q, k, v)  # softmax(q k^T / sqrt(d)) v, by default (AttnProcessor)
+        del q, k, v  # dead from here: freed before the output projection, not after it
         out = rearrange(out, "b h n d -> b n (h d)")
         out = self.to_out[1](self.to_out[0](out))
 

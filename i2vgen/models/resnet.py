@@ -127,5 +127,9 @@ class TemporalConvLayer(nn.Module):
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """((b f), c, h, w) -> same shape."""
         x = rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
-        h = self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        h = x
+        # conv4(conv3(conv2(conv1(x)))), one layer (GroupNorm, SiLU, [Dropout], conv) at a time, so that each
+        # intermediate is freed as soon as the next layer has read it (nested calls would hold every conv's input).
+        for layer in (*self.conv1, *self.conv2, *self.conv3, *self.conv4):
+            h = layer(h)
         return rearrange(x + h, "b c f h w -> (b f) c h w")

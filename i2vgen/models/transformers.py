@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from i2vgen.models.attention import Attention, FeedForward
+from i2vgen.models.chunking import Chunkable, per_pixel
 
 
 class BasicTransformerBlock(nn.Module):
@@ -70,9 +71,10 @@ class Transformer2DModel(nn.Module):
             channels, heads=heads, head_dim=head_dim, norm_num_groups=norm_num_groups,
             cross_attention_dim=cross_attention_dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
-        """x ((b f), c, h, w), context (b, M, cross_attention_dim), one row per video -> ((b f), c, h, w)."""
-        height = x.shape[-2]
+    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """x ((b f), c, h, w), context (b, M, cross_attention_dim), one row per video -> ((b f), c, h, w).
+        num_frames defaults to len(x) // len(context) (forward chunking passes a slice of a video's frames)."""
+        height, num_frames = x.shape[-2], num_frames or x.shape[0] // context.shape[0]
         h = rearrange(self.norm(x), "n c h w -> n (h w) c")
         h = self.proj_in(h)
         for block in self.transformer_blocks:
@@ -81,7 +83,7 @@ class Transformer2DModel(nn.Module):
         return x + rearrange(h, "n (h w) c -> n c h w", h=height)
 
 
-class TransformerTemporalModel(nn.Module):
+class TransformerTemporalModel(Chunkable, nn.Module):
     """Temporal transformer: each pixel's sequence of frames attends to itself (two self-attentions).
 
     The GroupNorm statistics span all frames of a video (the norm runs on (b, c, f, h, w)), then the
@@ -99,7 +101,7 @@ class TransformerTemporalModel(nn.Module):
         h = self.norm(rearrange(x, "(b f) c h w -> b c f h w", f=num_frames))
         h = self.proj_in(rearrange(h, "b c f h w -> (b h w) f c"))
         for block in self.transformer_blocks:
-            h = block(h)
+            h = per_pixel(block, h, chunk=self.forward_chunk_size, num_frames=num_frames)
         h = self.proj_out(h)
         return x + rearrange(h, "(b h w) f c -> (b f) c h w", h=height, w=width)
 

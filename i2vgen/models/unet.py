@@ -24,6 +24,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from i2vgen.loading import Config, ModelMixin
+from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
 from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
@@ -241,6 +242,19 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
     def _checkpointed_blocks(self) -> list[nn.Module]:
         """The units enable_gradient_checkpointing recomputes: each down, mid and up block."""
         return [*self.down_blocks, self.mid_block, *self.up_blocks]
+
+    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0):
+        """Run the per-frame layers `chunk_size` frames at a time (default 1) and the temporal transformer
+        blocks on the same share of pixels: the same output from a fraction of the activation memory
+        (i2vgen/models/chunking.py). `dim` is the reference's argument: only 0, frames (or pixels), is chunked."""
+        if dim != 0:
+            raise ValueError(f"forward chunking runs along dim 0 (frames, or pixels in the temporal layers); got {dim}")
+        if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be a positive int (frames per slice) or None; got {chunk_size!r}")
+        set_forward_chunking(self, chunk_size or 1)
+
+    def disable_forward_chunking(self):
+        set_forward_chunking(self, None)
 
     def _sinusoids(self, scalars: torch.Tensor) -> torch.Tensor:
         """Sinusoidal features in float32, then cast to the model's dtype (as the reference does)."""

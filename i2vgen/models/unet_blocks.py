@@ -7,12 +7,14 @@ Each layer of a block is a factorised space-time unit (VideoLDM / ModelScope T2V
 
 The bracketed part is present in the "CrossAttn" blocks only. Each block's forward spells the layer out
 in one loop. All tensors are frames-as-batch, ((b f), c, h, w); `num_frames` lets the temporal layers
-unfold them, and the context has one row per video, (b, M, D).
+unfold them, and the context has one row per video, (b, M, D). The per-frame layers go through
+`_per_frame`, which runs them on slices of frames when forward chunking is on (chunking.py).
 """
 
 import torch
 from torch import nn
 
+from i2vgen.models.chunking import Chunkable
 from i2vgen.models.freeu import apply_freeu
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
 from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalModel
@@ -45,7 +47,7 @@ def _spatial_and_temporal_transformers(channels: int, num_layers: int, groups: i
     return attentions, temp_attentions
 
 
-class DownBlock3D(nn.Module):
+class DownBlock3D(Chunkable, nn.Module):
     """`num_layers` layers, then an optional stride-2 downsample; with `cross_attention_dim` (the CrossAttn
     kind) each layer also attends over space, with cross-attention to the context, and over time.
 
@@ -65,14 +67,14 @@ class DownBlock3D(nn.Module):
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i in range(len(self.resnets)):
-            x = self.resnets[i](x, temb)
+            x = self._per_frame(self.resnets[i], x, temb, num_frames=num_frames)
             x = self.temp_convs[i](x, num_frames)
             if self.attentions is not None:
-                x = self.attentions[i](x, context, num_frames)
+                x = self._per_frame(self.attentions[i], x, context, num_frames=num_frames)
                 x = self.temp_attentions[i](x, num_frames)
             skips.append(x)
         if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
+            x = self._per_frame(self.downsamplers[0], x, num_frames=num_frames)
             skips.append(x)
         return x, skips
 
@@ -104,7 +106,7 @@ class UNetMidBlock3DCrossAttn(nn.Module):
         return self.temp_convs[1](x, num_frames)
 
 
-class UpBlock3D(nn.Module):
+class UpBlock3D(Chunkable, nn.Module):
     """`num_layers` layers, each concatenating one skip connection before its resnet, then an optional
     nearest-neighbour upsample to the next skip's spatial size; with `cross_attention_dim` (the CrossAttn
     kind) each layer also attends over space, with cross-attention to the context, and over time.
@@ -135,13 +137,14 @@ class UpBlock3D(nn.Module):
         for i, skip in enumerate(reversed(skips)):
             if self.b1 is not None:
                 x, skip = apply_freeu(self.resolution_idx, x, skip, self.s1, self.s2, self.b1, self.b2)
-            x = self.resnets[i](torch.cat([x, skip], dim=1), temb)
+            # The concatenation lives only while the resnet reads it.
+            x = self._per_frame(self.resnets[i], torch.cat([x, skip], dim=1), temb, num_frames=num_frames)
             x = self.temp_convs[i](x, num_frames)
             if self.attentions is not None:
-                x = self.attentions[i](x, context, num_frames)
+                x = self._per_frame(self.attentions[i], x, context, num_frames=num_frames)
                 x = self.temp_attentions[i](x, num_frames)
         if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
+            x = self._per_frame(self.upsamplers[0], x, upsample_size, num_frames=num_frames)
         return x
 
 
