@@ -1,4 +1,4 @@
-"""Memory control of the UNet (forward chunking): run a layer on slices of its rows and concatenate, so that the
+"""Memory control of the UNet (forward chunking): run a layer on slices of its rows, written into one output, so the
 layer's intermediate tensors exist for one slice at a time.
 
 Exact when the layer treats rows independently: the per-frame layers (resnets, spatial transformers, up/down
