@@ -65,10 +65,10 @@ def model_settings(pipe, embedded: bool) -> dict[str, Setting]:
 
 
 def sampler_names() -> list[str]:
-    """Samplers the page offers. Only DDIM, the model's own scheduler, exists so far: once i2vgen.schedulers
-    has more (and `i2vgen generate --scheduler`), list them here and pass the choice on in AppModel.generate;
-    the page shows a sampler menu as soon as there are two."""
-    return ["ddim"]
+    """Samplers the page offers, by the names of `i2vgen generate --scheduler`: ddim (the model's own) first."""
+    from i2vgen.schedulers import NAMED
+
+    return list(NAMED)
 
 
 class Stopped(Exception):
@@ -127,8 +127,8 @@ class AppModel:
         seed, steps = int(seed), values["steps"]
         # The video's options as `i2vgen generate` holds them: rendered and saved by the same code.
         video = argparse.Namespace(prompt=prompt, negative_prompt=negative_prompt or None, eta=0.0,
-                                   out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4",
-                                   **values)
+                                   scheduler=sampler, **values,
+                                   out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
 
         def on_step_end(pipe, step, t, tensors):
             if self._stopped_at.get(session, -1.0) > requested:
@@ -149,9 +149,11 @@ class AppModel:
     def command(self, image_name: str, video: argparse.Namespace, seed: int) -> str:
         """The `i2vgen generate` command that makes the same video."""
         options = {**vars(self.options), **vars(video), "image": image_name, "seed": seed, "out": "video.mp4"}
+        if options["scheduler"] == "ddim":  # the default
+            options["scheduler"] = None
         args = ["i2vgen", "generate"]
         for key in ("image", "prompt", "negative_prompt", "model", "variant", "device", "dtype", "frames", "fps",
-                    "steps", "guidance", "height", "width", "seed", "out"):
+                    "scheduler", "steps", "guidance", "height", "width", "seed", "out"):
             if options[key] is not None:
                 args += [f"--{key.replace('_', '-')}", str(options[key])]
         return shlex.join(args)
@@ -188,6 +190,8 @@ def build_page(app: AppModel):
     """The Gradio page around `app`."""
     import gradio as gr
 
+    from i2vgen.schedulers.fast import FAST_STEPS
+
     run = _generate_handler(app)
 
     def stop(request: gr.Request):
@@ -215,8 +219,8 @@ def build_page(app: AppModel):
                 with gr.Accordion("Settings", open=True):
                     sliders = [slider(name) for name in ("frames", "fps", "steps", "guidance", "height", "width")]
                     seed = gr.Number(-1, precision=0, label="Seed (-1: a random one)", elem_id="seed")
-                    sampler = gr.Dropdown(sampler_names(), value=sampler_names()[0], label="Sampler",
-                                          visible=len(sampler_names()) > 1, elem_id="sampler")
+                    sampler = gr.Dropdown(sampler_names(), value="ddim", label="Sampler", elem_id="sampler",
+                                          info=f"ddim: the model's own; fast: made for {FAST_STEPS} steps")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, buttons=["download"], elem_id="video")
                 info = gr.Markdown(elem_id="info")

@@ -79,7 +79,7 @@ def test_settings_come_from_the_embedded_model(app):
     (dict(guidance=25), "Guidance scale must be a number from 1 to 20, got 25"),
     (dict(fps=None), "Frames per second must be a whole number from 1 to 60, got None"),
     (dict(seed=-5), "Seed must be -1 (random) or a whole number from 0 to 2147483647, got -5"),
-    (dict(sampler="euler"), "Sampler must be one of ddim, got 'euler'"),
+    (dict(sampler="heun"), "Sampler must be one of ddim, unipc, dpm++, sde-dpm++, euler, fast, got 'heun'"),
 ])
 def test_bad_settings_are_one_readable_line(app, change, message):
     settings = {**FAST, **change}
@@ -101,10 +101,13 @@ def test_missing_and_unreadable_images(app, tmp_path):
     assert str(error.value).startswith("cannot read image holiday.png: ") and "upload123" not in str(error.value)
 
 
-def test_the_shown_command_makes_the_same_video(app, tmp_path):
-    path, seed, command = app.generate(upload(RED_CIRCLE), PROMPT, "blurry", {**FAST, "frames": 3}, seed=None)
+@pytest.mark.parametrize("sampler", ["ddim", "unipc"])
+def test_the_shown_command_makes_the_same_video(app, tmp_path, sampler):
+    path, seed, command = app.generate(upload(RED_CIRCLE), PROMPT, "blurry", {**FAST, "frames": 3}, seed=None,
+                                       sampler=sampler)
     args = shlex.split(command)
     assert args[:2] == ["i2vgen", "generate"] and args[args.index("--seed") + 1] == str(seed)
+    assert ("--scheduler" in args) == (sampler != "ddim")
     args[args.index("--image") + 1] = str(RED_CIRCLE)
     args[args.index("--out") + 1] = str(tmp_path / "cli.mp4")
     assert main(args[1:]) == 0
