@@ -12,8 +12,8 @@ Shapes: B batch, C channels, F frames, H x W latent size; video tensors are (B, 
 Half precision: every layer runs in the model's dtype, as the reference's does (it upcasts nothing), so
 half-precision outputs round as its do. Where float32 matters it happens inside PyTorch's kernels: GroupNorm
 and LayerNorm compute mean and variance in float32, and scaled_dot_product_attention sums the softmax in
-float32 (test_blocks checks both), so activations whose squares or exponentials overflow float16 stay finite.
-The timestep and fps sinusoids are computed in float32 and then cast (`_sinusoids`).
+float32 (test_blocks checks both, on the CPU), so activations whose squares or exponentials overflow
+float16 stay finite. The timestep and fps sinusoids are computed in float32 and then cast (`_sinusoids`).
 """
 
 from dataclasses import dataclass, replace
