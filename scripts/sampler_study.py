@@ -161,6 +161,7 @@ def main(argv=None):
     converged = converged_videos(pipe, specs, args.seed, args.batch, args.out / f"converged_{len(specs)}.npy")
     results_path = args.out / "results.jsonl"
     rows = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
+    rows = [r for r in rows if r["trials"] == len(specs)]  # runs with another --per-direction are kept apart
     done = {(r["sampler"], r["steps"]) for r in rows}
     for steps in (int(s) for s in args.steps.split(",")):  # in the order given: the most wanted counts first
         for name in args.samplers.split(","):
