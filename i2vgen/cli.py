@@ -54,6 +54,9 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     gen.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on CUDA, else float32)")
     gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--out", type=Path, default=Path("video.gif"), help="output .gif or .mp4 (default: video.gif)")
+    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                     help="load a UNet LoRA (pytorch_lora_weights.safetensors or its folder) at SCALE (default 1.0); "
+                          "repeat for several (needs peft: pip install 'i2vgen[lora]')")
     add_batch_options(gen)
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
     commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
@@ -134,12 +137,27 @@ def check_args(args):
         raise UsageError(f"--out must end in .gif or .mp4, got {args.out.name}")
     if not args.out.parent.is_dir():
         raise UsageError(f"output folder does not exist: {args.out.parent}")
+    for spec in args.lora:
+        parse_lora(spec)
     if args.out.suffix.lower() == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
             raise UsageError("writing .mp4 needs imageio-ffmpeg: pip install 'i2vgen[mp4]', "
                              "or use --out video.gif") from None
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """--lora PATH[:SCALE] -> (path, scale); the path must exist."""
+    path, _, scale = spec.rpartition(":")
+    try:
+        path, scale = (Path(path), float(scale)) if path else (Path(spec), 1.0)
+    except ValueError:
+        path, scale = Path(spec), 1.0
+    if not path.exists():
+        raise UsageError(f"--lora: {path} does not exist (give a LoRA .safetensors file or its folder, then "
+                         f"optionally :SCALE)")
+    return path, scale
 
 
 def read_image(path: str):
@@ -181,7 +199,12 @@ def load_pipeline(args, device=None, verbose: bool = True):
             print("  NOTE: the embedded tiny demo knows only 64x64 synthetic shapes (\"a red circle moving "
                   "right\"); for real videos pass --model ali-vilab/i2vgen-xl (see weights/README.md).",
                   file=sys.stderr)
-    return I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)
+    pipe = I2VGenXLPipeline.from_pretrained(model, torch_dtype=dtype, variant=args.variant).to(device)
+    loras = [parse_lora(spec) for spec in getattr(args, "lora", None) or []]
+    if loras:
+        names = [pipe.load_lora_weights(path) for path, _ in loras]
+        pipe.set_adapters(names, [scale for _, scale in loras])
+    return pipe
 
 
 def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_step_end=None):

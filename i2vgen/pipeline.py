@@ -131,6 +131,34 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         """Options for the tqdm bar over denoising steps, e.g. `disable=True`."""
         self._progress_bar_config = kwargs
 
+    # ---- LoRA adapters in the UNet (i2vgen/lora.py, needs peft; the names are diffusers') ----
+
+    def load_lora_weights(self, pretrained_model_name_or_path, adapter_name=None, weight_name=None) -> str:
+        """Load a UNet LoRA (a pytorch_lora_weights.safetensors file, or the folder holding it or `weight_name`)
+        and make it active beside the active ones, at weight 1. Returns its name ("default_<n>" if not given)."""
+        from . import lora
+        path = Path(pretrained_model_name_or_path) / weight_name if weight_name else pretrained_model_name_or_path
+        return lora.load_lora_weights(self.unet, path, adapter_name)
+
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """Make exactly these adapters active, each with its weight (default 1.0)."""
+        from . import lora
+        lora.set_adapters(self.unet, adapter_names, adapter_weights)
+
+    def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
+        """Add the active adapters (times lora_scale) into the UNet's weights; `unfuse_lora` restores them exactly."""
+        from . import lora
+        lora.fuse_lora(self.unet, lora_scale, adapter_names)
+
+    def unfuse_lora(self):
+        from . import lora
+        lora.unfuse_lora(self.unet)
+
+    def unload_lora_weights(self):
+        """Remove every adapter: the UNet is the plain loaded one again, bit for bit."""
+        from . import lora
+        lora.unload_lora_weights(self.unet)
+
     # ---- memory controls (issue 4); none changes the output ----
 
     def enable_model_cpu_offload(self, device="cuda"):

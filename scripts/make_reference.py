@@ -16,8 +16,9 @@ Options:
     --out DIR      where to write (default tests/fixtures)
     --alt          other configs, seeds and inputs under the same case names and keys; point the
                    tests at them with I2VGEN_FIXTURES=DIR
-    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers,dropin (samplers and dropin
+    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers,dropin,lora (samplers and dropin
                    read the tiny pipeline that the pipeline part saved)
+                   (lora needs peft, e.g. pip install --target DIR peft; PYTHONPATH=DIR)
 
 Everything runs on CPU in float32 with fixed seeds and deterministic algorithms, so a rerun writes the
 same numbers.
@@ -38,7 +39,7 @@ import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "dropin")
+PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "dropin", "lora")
 
 # The released checkpoint's scheduler (ali-vilab/i2vgen-xl scheduler/scheduler_config.json).
 RELEASED_DDIM = dict(
@@ -537,6 +538,8 @@ def main() -> None:
             make_samplers(args.out, args.alt)
         elif part == "dropin":
             make_dropin(args.out, args.alt)
+        elif part == "lora":
+            make_lora(args.out)
         print(f"[{part}] {time.time() - t0:.1f}s")
     print(f"done in {time.time() - start:.1f}s")
 
@@ -1159,6 +1162,68 @@ def make_dropin(out: Path, alt: bool) -> None:
         "frames for the fast tests' inputs (upstream/image), after torch.manual_seed(0) and with "
         "generator=torch.Generator().manual_seed(0); num_videos_2 adds num_videos_per_prompt=2. "
         "two_thread_max_abs_diff: the reference rerun on two threads (its own float32 noise floor).",
+    ))
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA (issue 15): a UNet LoRA saved by diffusers itself, and the reference UNet's outputs with it
+
+
+def make_lora(out: Path) -> None:
+    """tests/fixtures/lora: an adapter for the recorded unet_2level UNet (rank 4, alpha 8, on the attention
+    projections and feed-forwards), its weights re-drawn so B is not zero, saved with diffusers'
+    `StableDiffusionLoraLoaderMixin.save_lora_weights` (the file layout diffusers' LoRA training scripts
+    write, with the LoraConfig in the metadata); outputs for unet_2level's inputs with the adapter at weight
+    1 and 0.5, and without it.
+
+    diffusers' I2VGenXLUNet is not a PeftAdapterMixin (no `add_adapter`), so the adapter is put in with
+    peft's `inject_adapter_in_model`, which is what `add_adapter` calls for the UNets that have it."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+
+    unet = I2VGenXLUNet.from_pretrained(out / "unet_2level").eval()
+    from safetensors.torch import load_file
+
+    base_io = load_file(out / "unet_2level" / "io.safetensors")
+    inputs = {k: base_io[k] for k in ("sample", "timestep", "fps", "image_latents", "image_embeddings",
+                                      "encoder_hidden_states")}
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"])
+    inject_adapter_in_model(config, unet, adapter_name="default_0")
+    layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
+    gen = torch.Generator().manual_seed(15)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".lora_" in name:
+                p.copy_(randn(gen, *p.shape, scale=p.shape[1] ** -0.5))
+        io = dict(inputs)
+        io["out_lora"] = unet(**inputs).sample
+        floor = two_thread_diff(lambda: unet(**inputs).sample, io["out_lora"])
+        for layer in layers:  # what diffusers' set_adapters does per layer
+            layer.set_scale("default_0", 0.5)
+        io["out_lora_half"] = unet(**inputs).sample
+        for layer in layers:
+            layer.enable_adapters(False)
+        io["out_base"] = unet(**inputs).sample
+    base_diff = (io["out_base"] - base_io["out"]).abs().max().item()  # another process: float32 noise only
+    assert base_diff < 1e-5 * base_io["out"].abs().max().item(), base_diff
+    folder = fresh_dir(out / "lora")
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="default_0"),
+        unet_lora_adapter_metadata=config.to_dict())
+    for k in ("out_lora", "out_lora_half"):
+        stats(k, io[k])
+    save_tensors(folder / "io.safetensors", io)
+    write_json(folder / "case.json", dict(
+        base="unet_2level", rank=4, lora_alpha=8, seed=15, out_base_vs_unet_2level_max_abs_diff=base_diff,
+        two_thread_max_abs_diff_out_lora=floor,
+        note="pytorch_lora_weights.safetensors: written by diffusers' StableDiffusionLoraLoaderMixin.save_lora_weights "
+        "(unet_lora_layers = peft's get_peft_model_state_dict, unet_lora_adapter_metadata = the LoraConfig). io: the "
+        "unet_2level inputs; out_lora (adapter weight 1), out_lora_half (set_adapters weight 0.5), out_base (adapters "
+        "disabled; equals unet_2level's out). Model in eval() mode. The adapter was injected with peft's "
+        "inject_adapter_in_model (diffusers' I2VGenXLUNet has no add_adapter), which also freezes every UNet "
+        "parameter (requires_grad False).",
     ))
 
 

@@ -18,6 +18,12 @@ class TrainConfig:
     resolution: int = 64
     fps: int = 16  # the fps micro-condition (the pipeline's target_fps default)
     start_anywhere: bool = False  # start positions independent of the direction (data.sample_spec)
+    directions: tuple[str, ...] = ("left", "right", "up", "down")  # motions drawn (data.MOTIONS: + diagonals)
+
+    # LoRA (i2vgen/lora.py, needs peft): train only a low-rank adapter, the UNet stays frozen. The fields of
+    # lora.LoraSettings, e.g. {"rank": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["to_q", "to_k"]};
+    # None trains the whole UNet.
+    lora: dict | None = None
 
     # Objective (REFERENCE.md; VGen configs/i2vgen_xl_train.yaml): v-prediction on the scheduler's
     # zero-terminal-SNR cosine schedule, offset noise of strength 0.1.
@@ -60,8 +66,9 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown training config keys {unknown}; known keys: {sorted(known)}")
-        if "adam_betas" in data:
-            data["adam_betas"] = tuple(data["adam_betas"])
+        for key in ("adam_betas", "directions"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def to_dict(self) -> dict:

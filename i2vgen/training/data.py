@@ -3,7 +3,9 @@
 Each clip is 8 frames of 64x64 RGB: a uniform grey background (level 0-50), one filled circle or square of
 radius 5-9 px in red, green, blue or yellow (each channel jittered by up to +-20 around the base colour),
 moving 2-4 px per frame left, right, up or down. The caption names what happens:
-"a red circle moving left". The object never leaves the frame.
+"a red circle moving left". The object never leaves the frame. The diagonal motions ("up-left", "down-right",
+...: 2-4 px per frame on each axis) are not in the demo model's training data; its LoRA learns them
+(docs/training.md).
 
 Train and evaluation clips never share a (start position, colour) pair: `is_heldout` hashes that pair and
 puts 1 in 8 of them aside for evaluation. `sample_spec(rng, split)` draws until the pair falls in the split
@@ -25,6 +27,8 @@ BASE_COLORS = {
 SHAPES = ("circle", "square")
 # (dx, dy) per frame in image coordinates: y grows downwards.
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+DIAGONALS = {"up-left": (-1, -1), "up-right": (1, -1), "down-left": (-1, 1), "down-right": (1, 1)}
+MOTIONS = DIRECTIONS | DIAGONALS
 
 COLOR_JITTER = 20
 RADIUS_RANGE = (5, 9)
@@ -51,7 +55,7 @@ class MotionSpec:
         return f"a {self.color} {self.shape} moving {self.direction}"
 
     def center(self, frame: int) -> tuple[int, int]:
-        dx, dy = DIRECTIONS[self.direction]
+        dx, dy = MOTIONS[self.direction]
         return self.start[0] + dx * self.speed * frame, self.start[1] + dy * self.speed * frame
 
 
@@ -62,15 +66,15 @@ def is_heldout(spec: MotionSpec) -> bool:
 
 
 def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: str | None,
-               start_anywhere: bool) -> MotionSpec:
+               start_anywhere: bool, directions: tuple[str, ...]) -> MotionSpec:
     color = str(rng.choice(list(BASE_COLORS)))
     rgb = tuple(int(np.clip(c + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1), 0, 255)) for c in BASE_COLORS[color])
     shape = str(rng.choice(SHAPES))
     radius = int(rng.integers(RADIUS_RANGE[0], RADIUS_RANGE[1] + 1))
-    direction = direction or str(rng.choice(list(DIRECTIONS)))
+    direction = direction or str(rng.choice(list(directions)))
     speed = int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1))
     travel = speed * (num_frames - 1)
-    dx, dy = DIRECTIONS[direction]
+    dx, dy = MOTIONS[direction]
     # Along the motion axis the start leaves room for the whole travel; across it, anywhere inside.
     # With start_anywhere, the start ignores the direction (the object may leave the frame).
     lo, hi = radius, size - 1 - radius
@@ -84,18 +88,21 @@ def _draw_spec(rng: np.random.Generator, num_frames: int, size: int, direction: 
 
 
 def sample_spec(rng: np.random.Generator, split: str = "train", num_frames: int = 8, size: int = 64,
-                direction: str | None = None, start_anywhere: bool = False) -> MotionSpec:
-    """Draw a random clip description from the "train" or "eval" split (optionally with a given direction).
+                direction: str | None = None, start_anywhere: bool = False,
+                directions: tuple[str, ...] = tuple(DIRECTIONS)) -> MotionSpec:
+    """Draw a random clip description from the "train" or "eval" split: a given direction, or one drawn
+    uniformly from `directions` (names of MOTIONS; by default the four the demo model was trained on).
 
     By default the object stays inside the frame, so its start position hints at the direction (nothing
     starts at the left edge moving left). `start_anywhere=True` draws the start independently of the
     direction, letting the object leave the frame: then only the caption tells the direction."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if direction is not None and direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+    for name in [direction] if direction is not None else directions:
+        if name not in MOTIONS:
+            raise ValueError(f"direction must be one of {list(MOTIONS)}, got {name!r}")
     while True:
-        spec = _draw_spec(rng, num_frames, size, direction, start_anywhere)
+        spec = _draw_spec(rng, num_frames, size, direction, start_anywhere, tuple(directions))
         if is_heldout(spec) == (split == "eval"):
             return spec
 
@@ -127,13 +134,14 @@ class SyntheticMotion(torch.utils.data.IterableDataset):
     """Endless stream of (video (3, F, H, W) in [-1, 1], caption, first frame uint8 (H, W, 3)), seeded."""
 
     def __init__(self, seed: int = 0, split: str = "train", num_frames: int = 8, size: int = 64,
-                 start_anywhere: bool = False):
+                 start_anywhere: bool = False, directions: tuple[str, ...] = tuple(DIRECTIONS)):
         self.seed, self.split, self.num_frames, self.size = seed, split, num_frames, size
-        self.start_anywhere = start_anywhere
+        self.start_anywhere, self.directions = start_anywhere, tuple(directions)
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
         while True:
-            spec = sample_spec(rng, self.split, self.num_frames, self.size, start_anywhere=self.start_anywhere)
+            spec = sample_spec(rng, self.split, self.num_frames, self.size, start_anywhere=self.start_anywhere,
+                               directions=self.directions)
             clip = render_clip(spec, self.num_frames, self.size)
             yield to_tensor(clip).movedim(0, 1), spec.caption, clip[0]

@@ -16,6 +16,8 @@ tools/modules/diffusions/diffusion_ddim.py, settings in configs/i2vgen_xl_train.
 Checkpoints are diffusers folders (unet/, unet_ema/) plus optimiser and RNG state, so an interrupted run
 resumes where it stopped and continues bit for bit; the finished run is written as a complete pipeline
 folder (`<output_dir>/pipeline`, EMA weights) that `I2VGenXLPipeline.from_pretrained` loads.
+With a `lora` section only a LoRA adapter is trained (i2vgen/lora.py): checkpoints hold lora/ and lora_ema/
+and the result is `<output_dir>/lora/pytorch_lora_weights.safetensors`, for `pipe.load_lora_weights`.
 """
 
 import argparse
@@ -56,7 +58,7 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
     Returns latent posterior mean/std (N, 4, F, h, w), CLIP image embeddings (N, 1, D), caption index (N,),
     one text embedding per distinct caption (K, S, D), and the empty prompt's embedding (S, D) that the
     pipeline uses as the unconditional text."""
-    clips = iter(SyntheticMotion(cfg.seed, "train", cfg.num_frames, cfg.resolution, cfg.start_anywhere))
+    clips = iter(SyntheticMotion(cfg.seed, "train", cfg.num_frames, cfg.resolution, cfg.start_anywhere, cfg.directions))
     means, stds, image_embeds, captions = [], [], [], []
     for start in tqdm(range(0, cfg.num_clips, chunk), desc="encoding clips", leave=False):
         batch = [next(clips) for _ in range(min(chunk, cfg.num_clips - start))]
@@ -129,10 +131,12 @@ def v_prediction_loss(unet, scheduler, x0: torch.Tensor, conditions: dict, noise
 
 
 class EMA:
-    """Exponential moving average of a model's weights, decay warmed up as min(decay, (1 + n) / (10 + n))."""
+    """Exponential moving average of a model's trainable weights, decay warmed up as
+    min(decay, (1 + n) / (10 + n)). The copy shares the frozen weights (a LoRA's base UNet) with the model."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+        self.model = copy.deepcopy(model, memo=frozen).eval().requires_grad_(False)
         self.decay = decay
 
     def decay_at(self, step: int) -> float:
@@ -143,7 +147,8 @@ class EMA:
         """ema <- d * ema + (1 - d) * weights."""
         d = self.decay_at(step)
         for ema_param, param in zip(self.model.parameters(), model.parameters()):
-            ema_param.lerp_(param.detach(), 1 - d)
+            if param.requires_grad:
+                ema_param.lerp_(param.detach(), 1 - d)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -158,13 +163,33 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 # ---- checkpoints ----
 
-def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_scheduler, generator, keep: int):
-    """Write <output_dir>/checkpoint-<step>/ (unet/, unet_ema/, training_state.pt) atomically, then prune."""
+def save_trained(unet, folder: Path, is_lora: bool):
+    """What training changes: the UNet as a diffusers folder, or with LoRA the adapter alone."""
+    if is_lora:
+        from i2vgen import lora
+        lora.save_lora_weights(folder, unet)
+    else:
+        unet.save_pretrained(folder)
+
+
+def load_trained(unet, folder: Path, is_lora: bool):
+    if is_lora:
+        from i2vgen import lora
+        lora.load_adapter_weights(unet, folder)
+    else:
+        unet.load_state_dict(I2VGenXLUNet.from_pretrained(folder).state_dict())
+
+
+def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_scheduler, generator, keep: int,
+                    is_lora: bool = False):
+    """Write <output_dir>/checkpoint-<step>/ (unet/ and unet_ema/, or lora/ and lora_ema/; training_state.pt)
+    atomically, then prune."""
     folder = output_dir / f"checkpoint-{step:06d}"
     partial = output_dir / f".partial-{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
-    unet.save_pretrained(partial / "unet")
-    ema.model.save_pretrained(partial / "unet_ema")
+    name = "lora" if is_lora else "unet"
+    save_trained(unet, partial / name, is_lora)
+    save_trained(ema.model, partial / f"{name}_ema", is_lora)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                partial / "training_state.pt")
@@ -174,10 +199,12 @@ def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_s
         shutil.rmtree(old)
 
 
-def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, generator) -> int:
+def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, generator,
+                    is_lora: bool = False) -> int:
     """Restore what save_checkpoint wrote (models, optimizer, schedule, both RNGs); returns its step."""
-    unet.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet").state_dict())
-    ema.model.load_state_dict(I2VGenXLUNet.from_pretrained(checkpoint / "unet_ema").state_dict())
+    name = "lora" if is_lora else "unet"
+    load_trained(unet, checkpoint / name, is_lora)
+    load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
     state = torch.load(checkpoint / "training_state.pt")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -237,17 +264,24 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     pipe = load_pipeline(cfg)
     pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
     unet, scheduler = pipe.unet, pipe.scheduler
+    is_lora = cfg.lora is not None
+    if is_lora:
+        from i2vgen import lora  # peft: an optional extra
+        lora.add_adapter(unet, lora.LoraSettings(**cfg.lora))  # freezes the UNet, adds a trainable adapter
+    else:
+        unet.requires_grad_(True)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
     ema = EMA(unet, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if (checkpoint := latest_checkpoint(output_dir)) is not None:
-        step = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler, generator)
+        step = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler, generator, is_lora)
         print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
 
-    unet.train().requires_grad_(True)
+    unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
@@ -258,7 +292,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
         while step < min(cfg.max_steps, until or cfg.max_steps):
             total = accumulate_gradients(unet, scheduler, pool, cfg, scaling_factor, generator, autocast)
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -273,10 +307,13 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
             log.flush()
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
                 save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
-                                cfg.keep_checkpoints)
+                                cfg.keep_checkpoints, is_lora)
 
     if step < cfg.max_steps:
         return None
+    if is_lora:
+        save_trained(ema.model, output_dir / "lora", is_lora=True)
+        return output_dir / "lora"
     export_pipeline(cfg.model, ema.model, output_dir / "pipeline")
     return output_dir / "pipeline"
 
@@ -287,7 +324,7 @@ def main(argv=None):
     parser.add_argument("--until", type=int, help="stop after this step (with a checkpoint); rerun to continue")
     args = parser.parse_args(argv)
     out = train(TrainConfig.from_json(args.config), until=args.until)
-    print(f"trained pipeline written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
+    print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
 
 
 if __name__ == "__main__":
