@@ -7,6 +7,7 @@ from the plain UNet itself (what unloading must give back exactly).
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,9 @@ def _random_adapter(unet, name="default", rank=4, alpha=8.0, seed=1, targets=Non
     as load_lora_weights keeps them (they change the CPU kernels' rounding)."""
     settings = lora.LoraSettings(rank=rank, alpha=alpha, target_modules=targets or lora.ATTENTION)
     from peft import inject_adapter_in_model
-    inject_adapter_in_model(settings.lora_config(unet), unet, name)
+    with warnings.catch_warnings():  # a second adapter: peft warns that there are now two
+        warnings.simplefilter("ignore")
+        inject_adapter_in_model(settings.lora_config(unet), unet, name)
     unet.requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -252,7 +255,8 @@ def test_gradient_checkpointing_gives_the_adapter_the_same_gradients():
 
     from i2vgen.schedulers.ddim import DDIMScheduler
     from i2vgen.training.demo import RELEASED_SCHEDULER
-    from i2vgen.training.train import enable_gradient_checkpointing, image_latents_from, v_prediction_loss
+    from i2vgen.models.unet import image_latents_from
+    from i2vgen.training.train import enable_gradient_checkpointing, v_prediction_loss
 
     torch.manual_seed(0)
     unet, scheduler = _micro_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
@@ -273,3 +277,32 @@ def test_gradient_checkpointing_gives_the_adapter_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and all(".lora_" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)  # float32 rounding only
+
+
+def test_cli_lora_option(tmp_path, capsys):
+    from i2vgen.cli import EMBEDDED_MODEL, main
+
+    unet = I2VGenXLUNet.from_pretrained(EMBEDDED_MODEL / "unet")
+    _random_adapter(unet)
+    lora.save_lora_weights(tmp_path / "lora", unet)
+    image = Path(__file__).resolve().parent.parent / "assets" / "red_circle.png"
+
+    def run(out, *args):
+        return main(["generate", "--image", str(image), "--prompt", "a red circle moving up-left", "--steps", "2",
+                     "--frames", "3", "--height", "32", "--width", "32", "--seed", "1", "--out", str(out), *args])
+
+    assert run(tmp_path / "plain.gif") == 0
+    assert run(tmp_path / "lora.gif", "--lora", str(tmp_path / "lora")) == 0
+    assert run(tmp_path / "zero.gif", "--lora", f"{tmp_path / 'lora' / lora.WEIGHT_NAME}:0") == 0
+    assert (tmp_path / "plain.gif").read_bytes() != (tmp_path / "lora.gif").read_bytes()
+    assert (tmp_path / "plain.gif").read_bytes() == (tmp_path / "zero.gif").read_bytes()  # weight 0 adds zeros
+    capsys.readouterr()
+
+    assert run(tmp_path / "x.gif", "--lora", str(tmp_path / "missing:0.5")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"i2vgen: error: --lora: {tmp_path / 'missing'} does not exist (give a LoRA .safetensors file or its " \
+        "folder, then optionally :SCALE)"
+    assert run(tmp_path / "x.gif", "--lora", str(FIXTURES / "lora")) == 1  # a LoRA for another UNet
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("i2vgen: error: ") and "LoRA keys do not match this UNet" in line
+    assert not (tmp_path / "x.gif").exists()
