@@ -176,9 +176,15 @@ def test_timestep_sampling_is_uniform_unless_high_noise_is_asked_for():
         sample_timesteps(4, 1000, torch.Generator(), 0.5, 1000)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(with_lora):
     torch.manual_seed(0)
     unet, scheduler = _micro_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    if with_lora:  # only the adapter trains; its B made non-zero (at zero, A gets no gradient)
+        lora = pytest.importorskip("i2vgen.lora", reason="the optional extra i2vgen[lora]", exc_type=ImportError)
+        lora.add_adapter(unet, lora.LoraSettings(rank=2, dropout=0.1))
+        for layer in lora.lora_layers(unet):
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
     x0 = torch.randn(1, 4, 2, 8, 8)
     conditions = dict(fps=torch.tensor([16]), image_latents=image_latents_from(x0[:, :, 0], 2),
                       image_embeddings=torch.randn(1, 1, 8), encoder_hidden_states=torch.randn(1, 5, 8))
@@ -187,9 +193,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         if checkpointed:
             unet.enable_gradient_checkpointing()
         unet.zero_grad()
-        torch.manual_seed(1)  # the same dropout masks
+        torch.manual_seed(1)  # the same dropout masks (the adapter's too)
         v_prediction_loss(unet, scheduler, x0, conditions, 0.1, torch.Generator().manual_seed(0)).backward()
-        grads.append([p.grad.clone() for p in unet.parameters()])
+        grads.append([p.grad.clone() for p in unet.parameters() if p.requires_grad])
+    assert len(grads[1]) == (2 * len(lora.lora_layers(unet)) if with_lora else len(list(unet.parameters())))
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(plain, recomputed, rtol=1e-5, atol=1e-7)  # same ops; float32 rounding only
 
