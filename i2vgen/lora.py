@@ -14,8 +14,6 @@ JSON under the safetensors metadata key `lora_adapter_metadata`, its fields pref
 """
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .video import _atomic_path  # write to a temporary file, rename when complete
 
 try:
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -98,13 +98,8 @@ def save_lora_weights(folder, unet: torch.nn.Module, adapter_name: str = "defaul
     config = unet.peft_config[adapter_name].to_dict()
     config = {f"{PREFIX}{key}": sorted(value) if isinstance(value, set) else value for key, value in config.items()}
     metadata = {"format": "pt", METADATA_KEY: json.dumps(config, indent=2, sort_keys=True, default=str)}
-    descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".partial")
-    os.close(descriptor)
-    try:
+    with _atomic_path(folder / WEIGHT_NAME) as temporary:
         save_file(adapter_state_dict(unet, adapter_name), temporary, metadata=metadata)
-        os.replace(temporary, folder / WEIGHT_NAME)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     return folder / WEIGHT_NAME
 
 

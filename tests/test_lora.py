@@ -277,3 +277,20 @@ def test_cli_lora_option(tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("i2vgen: error: ") and "LoRA keys do not match this UNet" in line
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_the_shipped_demo_lora_fits_the_embedded_model():
+    from i2vgen.cli import EMBEDDED_MODEL
+    from i2vgen.training.config import TrainConfig
+
+    shipped = EMBEDDED_MODEL.parent / "tiny-demo-lora-diagonal"
+    assert (shipped / lora.WEIGHT_NAME).stat().st_size <= 1_000_000
+    config_file = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_lora.json"
+    settings = lora.LoraSettings(**TrainConfig.from_json(config_file).lora)
+    unet = I2VGenXLUNet.from_pretrained(EMBEDDED_MODEL / "unet")
+    lora.load_lora_weights(unet, shipped)
+    config = unet.peft_config["default_0"]
+    assert (config.r, config.lora_alpha) == (settings.rank, settings.alpha)
+    adapted = sorted(name for name, module in unet.named_modules() if module in lora.lora_layers(unet))
+    assert adapted == lora.matching_modules(unet, settings.target_modules)
+
