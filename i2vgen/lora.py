@@ -36,7 +36,9 @@ PREFIX = "unet."
 # Module-name suffixes (peft's matching: the name itself or ending in "." + suffix).
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention: spatial, cross, temporal
 FEED_FORWARD = ["ff.net.0.proj", "ff.net.2"]  # the transformers' GEGLU/GELU input and output projections
-TEMPORAL_CONV = ["conv1.2", "conv2.3", "conv3.3", "conv4.3"]  # the (3, 1, 1) frame convs of TemporalConvLayer
+# Not the temporal convolutions: peft builds a LoRA convolution by calling the wrapped module's class with
+# nn.Conv3d's arguments, and FrameConv (a Conv3d run as a Conv2d, models/resnet.py) takes only a channel count.
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv2d)
 
 
 @dataclass
@@ -51,8 +53,14 @@ class LoraSettings:
     def lora_config(self, unet: torch.nn.Module) -> LoraConfig:
         if self.rank < 1:
             raise ValueError(f"lora.rank must be at least 1, got {self.rank}")
+        targets = matching_modules(unet, self.target_modules)
+        kinds = {name: _unwrapped(unet.get_submodule(name)) for name in targets}
+        others = [name for name, module in kinds.items() if not isinstance(module, ADAPTABLE)]
+        if others:
+            raise ValueError(f"lora target modules must be linear or 2D convolution layers; {others[0]} is a "
+                             f"{type(kinds[others[0]]).__name__}")
         return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, lora_dropout=self.dropout,
-                          target_modules=matching_modules(unet, self.target_modules))
+                          target_modules=targets)
 
 
 def matching_modules(unet: torch.nn.Module, suffixes: list[str]) -> list[str]:
@@ -63,9 +71,14 @@ def matching_modules(unet: torch.nn.Module, suffixes: list[str]) -> list[str]:
         found = [n for n in names if n == suffix or n.endswith("." + suffix)]
         if not found:
             raise ValueError(f"lora target module {suffix!r} matches no module of the UNet "
-                             f"(attention: {ATTENTION}, feed-forward: {FEED_FORWARD}, temporal conv: {TEMPORAL_CONV})")
+                             f"(attention: {ATTENTION}, feed-forward: {FEED_FORWARD})")
         chosen += found
     return sorted(set(chosen))
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The original module inside a LoRA layer (a module that already carries an adapter), else itself."""
+    return module.get_base_layer() if isinstance(module, LoraLayer) else module
 
 
 def lora_layers(unet: torch.nn.Module) -> list[LoraLayer]:
@@ -143,8 +156,7 @@ def _check_keys(unet: torch.nn.Module, state: dict[str, torch.Tensor], path) -> 
     modules = dict(unet.named_modules())
     wrong = []
     for key, value in sorted(state.items()):
-        module = modules.get(key.split(".lora_")[0])
-        module = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        module = _unwrapped(modules.get(key.split(".lora_")[0]))
         if isinstance(module, torch.nn.Linear):
             size = module.in_features if ".lora_A." in key else module.out_features
         elif isinstance(module, torch.nn.modules.conv._ConvNd):

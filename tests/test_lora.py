@@ -212,6 +212,8 @@ def test_a_file_that_does_not_fit_the_unet_is_one_clear_error(tmp_path):
         lora.load_lora_weights(unet, tmp_path / "missing")
     with pytest.raises(ValueError, match="'to_z' matches no module"):
         lora.add_adapter(unet, lora.LoraSettings(target_modules=["to_z"]))
+    with pytest.raises(ValueError, match="linear or 2D convolution layers; .*temp_convs.0.conv4.3 is a FrameConv"):
+        lora.add_adapter(unet, lora.LoraSettings(target_modules=["conv4.3"]))
 
 
 # ---- training an adapter (i2vgen train with a `lora` section) ----
