@@ -116,11 +116,12 @@ def save_lora_weights(folder, unet: torch.nn.Module, adapter_name: str = "defaul
     return folder / WEIGHT_NAME
 
 
-def read_lora_file(path_or_folder) -> tuple[dict[str, torch.Tensor], dict]:
-    """The UNet part of a LoRA file: (state dict with peft's key names, LoraConfig keyword arguments)."""
+def read_lora_file(path_or_folder, weight_name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The UNet part of a LoRA file (or of `weight_name`, default pytorch_lora_weights.safetensors, in a
+    folder): (state dict with peft's key names, LoraConfig keyword arguments)."""
     path = Path(path_or_folder)
     if path.is_dir():
-        path = path / WEIGHT_NAME
+        path = path / (weight_name or WEIGHT_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path} (give a .safetensors file or a folder holding {WEIGHT_NAME})")
     try:
@@ -182,10 +183,12 @@ def load_adapter_weights(unet: torch.nn.Module, path_or_folder, adapter_name: st
 
 # ---- adapters in the UNet ----
 
-def load_lora_weights(unet: torch.nn.Module, path_or_folder, adapter_name: str | None = None) -> str:
-    """Load an adapter from a file (or a folder holding pytorch_lora_weights.safetensors) and make it active
-    at weight 1 beside the adapters already active. Returns its name (default: "default_<n>", as diffusers)."""
-    state, config = read_lora_file(path_or_folder)
+def load_lora_weights(unet: torch.nn.Module, path_or_folder, adapter_name: str | None = None,
+                      weight_name: str | None = None) -> str:
+    """Load an adapter from a file (or a folder holding pytorch_lora_weights.safetensors, or `weight_name`)
+    and make it active at weight 1 beside the adapters already active. Returns its name (default:
+    "default_<n>", as diffusers)."""
+    state, config = read_lora_file(path_or_folder, weight_name)
     _check_keys(unet, state, path_or_folder)
     names = loaded_adapters(unet)
     adapter_name = adapter_name or f"default_{len(names)}"

@@ -137,8 +137,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         """Load a UNet LoRA (a pytorch_lora_weights.safetensors file, or the folder holding it or `weight_name`)
         and make it active beside the active ones, at weight 1. Returns its name ("default_<n>" if not given)."""
         from . import lora
-        path = Path(pretrained_model_name_or_path) / weight_name if weight_name else pretrained_model_name_or_path
-        return lora.load_lora_weights(self.unet, path, adapter_name)
+        return lora.load_lora_weights(self.unet, pretrained_model_name_or_path, adapter_name, weight_name)
 
     def set_adapters(self, adapter_names, adapter_weights=None):
         """Make exactly these adapters active, each with its weight (default 1.0)."""

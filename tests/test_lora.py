@@ -243,7 +243,7 @@ def test_lora_training_changes_only_the_adapter_and_resumes_bit_for_bit(tmp_path
 
     pipe = I2VGenXLPipeline.from_pretrained(base)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    assert pipe.load_lora_weights(straight) == "default_0"
+    assert pipe.load_lora_weights(straight.parent, weight_name="lora/" + lora.WEIGHT_NAME) == "default_0"
     pipe.fuse_lora()
     changed = [k for k, v in pipe.unet.state_dict().items() if k.endswith("base_layer.weight")
                and not torch.equal(v, before[k.replace(".base_layer", "")])]
