@@ -258,12 +258,14 @@ def test_browser_makes_a_video_of_the_circle_moving_right(page, server, tmp_path
     # Playable: Chromium decoded the file, knows its size and length, and plays it.
     state = page.evaluate("""async () => {
         const v = document.querySelector('#video video');
-        if (v.readyState < 2) await new Promise(r => v.addEventListener('loadeddata', r, {once: true}));
-        v.muted = true; await v.play();
+        // Bounded waits: a video that never loads or plays fails the assertions below instead of hanging.
+        const within = (promise, ms) => Promise.race([promise, new Promise(r => setTimeout(r, ms))]);
+        if (v.readyState < 2) await within(new Promise(r => v.addEventListener('loadeddata', r, {once: true})), 30000);
+        v.muted = true; const played = await within(v.play().then(() => true, () => false), 30000);
         return {width: v.videoWidth, height: v.videoHeight, duration: v.duration, error: v.error && v.error.code,
-                src: v.src, progress: window.sawProgress};
+                src: v.src, progress: window.sawProgress, played: played === true};
     }""")
-    assert (state["width"], state["height"], state["error"]) == (64, 64, None)
+    assert (state["width"], state["height"], state["error"], state["played"]) == (64, 64, None, True)
     assert state["duration"] == pytest.approx(8 / 16, abs=0.07)  # 8 frames at 16 fps, give or take a frame
     assert state["progress"]
     info = page.inner_text("#info")
