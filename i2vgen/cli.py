@@ -2,14 +2,16 @@
 
 Without --model it runs the tiny demo model embedded in a source checkout (weights/tiny-demo: trained here
 on synthetic 64x64 clips of a coloured shape moving left, right, up or down), so it works on any CPU in
-seconds. Errors are one line on stderr and
-a non-zero exit; an interrupted run leaves no partial video.
+seconds. Every argument is checked before the model loads, and the memory the video needs is estimated
+before generation starts. Errors are one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or
+SIGTERM) leaves no partial video.
 """
 
 import argparse
 import dataclasses
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = (".gif", ".mp4")
+MAX_FPS = 1000  # a GIF stores each frame's duration in whole milliseconds (1000 // fps)
 
 
 class UsageError(Exception):
@@ -57,6 +60,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                      help="load a UNet LoRA (pytorch_lora_weights.safetensors or its folder) at SCALE (default 1.0); "
                           "repeat for several (needs peft: pip install 'i2vgen[lora]')")
+    gen.add_argument("--force", action="store_true",
+                     help="generate even when the memory estimate says the video will not fit")
     add_batch_options(gen)
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
     commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
@@ -119,24 +124,36 @@ def sampler_of(args) -> tuple[str, dict, int]:
 
 
 def check_args(args):
-    """Everything that can be checked before the (slow) model load; fills in the default step count."""
+    """Everything that can be checked before the (slow) model load: values, the output path, the device; fills in
+    the default step count."""
+    from i2vgen.checks import check_device, check_int, check_real, check_text
+    from i2vgen.video import check_output_path
+
     name, _, args.steps = sampler_of(args)
     if args.eta and name != "ddim":
         raise UsageError(f"--eta applies only to the ddim scheduler, not {name}")
     for name in ("image", "prompt"):
         if getattr(args, name) is None:
             raise UsageError(f"--{name} is required")
-    for name in ("steps", "frames", "fps"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:
+        for name in ("steps", "frames"):
+            check_int(f"--{name}", getattr(args, name), 1)
+        check_int("--fps", args.fps, 1, MAX_FPS)
+        check_real("--guidance", args.guidance)
+        check_real("--eta", args.eta, 0.0, 1.0)
+        if args.seed is not None:
+            check_int("--seed", args.seed, 0, 2**64 - 1)
+        check_text("--prompt", args.prompt)
+        if args.negative_prompt is not None:
+            check_text("--negative-prompt", args.negative_prompt)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and (value < 8 or value % 8):
             raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
     if args.out.suffix.lower() not in FORMATS:
         raise UsageError(f"--out must end in .gif or .mp4, got {args.out.name}")
-    if not args.out.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {args.out.parent}")
     for spec in args.lora:
         parse_lora(spec)
     if args.out.suffix.lower() == ".mp4":
@@ -145,6 +162,15 @@ def check_args(args):
         except ImportError:
             raise UsageError("writing .mp4 needs imageio-ffmpeg: pip install 'i2vgen[mp4]', "
                              "or use --out video.gif") from None
+    try:
+        check_output_path(args.out)
+    except OSError as error:
+        raise UsageError(f"--out: {error}") from None
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ValueError as error:
+            raise UsageError(f"--device: {error}") from None
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -161,11 +187,14 @@ def parse_lora(spec: str) -> tuple[Path, float]:
 
 
 def read_image(path: str):
+    """The image as the pipeline will use it (upright, 8-bit RGB: preprocess.normalize_image)."""
     import PIL.Image
+
+    from i2vgen.preprocess import normalize_image
 
     try:
         with PIL.Image.open(path) as image:
-            return image.convert("RGB")
+            return normalize_image(image)
     except FileNotFoundError:
         raise UsageError(f"image not found: {path}") from None
     except (OSError, PIL.Image.DecompressionBombError) as error:
@@ -207,7 +236,8 @@ def load_pipeline(args, device=None, verbose: bool = True):
     return pipe
 
 
-def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_step_end=None):
+def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_step_end=None,
+           verbose: bool = False):
     """One video's frames (F, H, W, 3) from a video's options. The seed seeds torch's global RNG too (the
     first frame's latent is drawn from it), so the frames depend on the options and the seed alone.
     callback_on_step_end goes to the pipeline (the web app's progress bar and Stop button)."""
@@ -215,12 +245,14 @@ def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_st
 
     from i2vgen.schedulers import by_name
 
+    height, width = args.height or pipe.default_size[0], args.width or pipe.default_size[1]
+    check_memory(pipe, args, height, width, verbose)
     name, options, steps = sampler_of(args)
     released = pipe.scheduler  # the model's own; each video builds its sampler from its config
     pipe.scheduler = by_name(name, released.config, **options)
     try:
         return pipe(
-            prompt=args.prompt, image=image, height=args.height, width=args.width, target_fps=args.fps,
+            prompt=args.prompt, image=image, height=height, width=width, target_fps=args.fps,
             num_frames=args.frames,
             num_inference_steps=steps, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
             eta=args.eta, generator=torch.manual_seed(seed), output_type=output_type,
@@ -228,6 +260,23 @@ def render(pipe, args, image, seed: int, output_type: str = "np", callback_on_st
         ).frames[0]
     finally:
         pipe.scheduler = released
+
+
+def check_memory(pipe, args, height: int, width: int, verbose: bool):
+    """Refuse the video (unless --force) if the device has less memory free than it needs beyond the weights;
+    verbose: print both figures."""
+    from i2vgen import checks
+
+    device = pipe.execution_device
+    needed = checks.estimate_activation_bytes(pipe.unet.config, pipe.vae.config, pipe.dtype, 1, args.frames, height,
+                                              width, guided=args.guidance > 1)
+    available = checks.available_bytes(device)
+    if verbose:
+        print(f"Memory: at least {needed / 2**30:.2f} GiB beyond the weights; {available / 2**30:.1f} GiB free on "
+              f"{device}", file=sys.stderr)
+    if not getattr(args, "force", False):  # the web app's options have no --force
+        checks.check_memory(needed, available, device, "lower --height and --width (memory grows with their "
+                            "product) or --frames, or pass --force to try anyway")
 
 
 def save_video(frames, args):
@@ -246,7 +295,7 @@ def generate(args) -> Path:
     start = time.perf_counter()
     pipe = load_pipeline(args)
     print(f"Sampler: {sampler_of(args)[0]}, {args.steps} steps", file=sys.stderr)
-    frames = render(pipe, args, image, seed)
+    frames = render(pipe, args, image, seed, verbose=True)
     save_video(frames, args)
     height, width = frames.shape[1:3]
     print(f"Wrote {args.out} ({len(frames)} frames, {width}x{height}, {args.fps} fps, seed {seed}) "
@@ -274,7 +323,8 @@ def generate_in_pairs(args, image, seed: int) -> Path:
             print(f"i2vgen: warning: --guidance {args.guidance} has no guidance to split; one process renders "
                   "the video", file=sys.stderr)
         if guided or launch.is_main:
-            frames = render(pipe, args, image, seed, output_type="np" if launch.is_main else "latent")
+            frames = render(pipe, args, image, seed, output_type="np" if launch.is_main else "latent",
+                            verbose=launch.is_main)
         if launch.is_main:
             save_video(frames, args)
             print(f"Wrote {args.out} ({len(frames)} frames, seed {seed}, CFG-parallel on 2 processes) "
@@ -299,17 +349,31 @@ def main(argv=None) -> int:
             from i2vgen.jobs import run_jobs
 
             return run_jobs(args, argv)
-        generate(args)
+        from i2vgen.video import exit_on_sigterm
+
+        with exit_on_sigterm():  # SIGTERM ends the run like Ctrl-C: through Python, removing temporary files
+            generate(args)
     except UsageError as error:
         print(f"i2vgen: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("i2vgen: interrupted; no video written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
-        print(f"i2vgen: error: {error}", file=sys.stderr)
+    except SystemExit as exit:
+        if exit.code != 128 + signal.SIGTERM:
+            raise
+        print("i2vgen: terminated; no video written", file=sys.stderr)
+        return exit.code
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError, FloatingPointError) as error:
+        print(f"i2vgen: error: {_one_line(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's message (some libraries add pages of advice below it)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

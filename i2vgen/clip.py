@@ -22,6 +22,28 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
+def _from_pretrained(cls, folder: Path, **kwargs):
+    """`cls.from_pretrained(folder)` without transformers' progress bars, its errors as one line naming the
+    folder. A pickle (.bin) weights file loads only as tensors (torch.load weights_only=True, transformers'
+    default with torch >= 2.6): one that holds anything else is refused, as it could run code."""
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except Exception as error:
+        if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
+            raise ValueError(f"{folder}: refused a pickle weights file that holds more than tensors (it could run "
+                             "code); use safetensors weights") from None
+        lines = str(error).strip().splitlines()
+        raise ValueError(f"{folder}: cannot load {cls.__name__}: {lines[0] if lines else type(error).__name__}"
+                         ) from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
 def load_clip_components(folder: Path, dtypes: dict, variants: dict) -> dict:
     """text_encoder, tokenizer, image_encoder and feature_extractor from their subfolders; models in eval().
     `dtypes` and `variants` give each encoder's dtype and weights variant by component name."""
@@ -29,11 +51,11 @@ def load_clip_components(folder: Path, dtypes: dict, variants: dict) -> dict:
         return dict(variant=variants[name], **_dtype_kwarg(dtypes[name]))
 
     return dict(
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **weights("text_encoder")).eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder",
-                                                                    **weights("image_encoder")).eval(),
-        feature_extractor=CLIPImageProcessor.from_pretrained(folder / "feature_extractor"),
+        text_encoder=_from_pretrained(CLIPTextModel, folder / "text_encoder", **weights("text_encoder")).eval(),
+        tokenizer=_from_pretrained(CLIPTokenizer, folder / "tokenizer"),
+        image_encoder=_from_pretrained(CLIPVisionModelWithProjection, folder / "image_encoder",
+                                       **weights("image_encoder")).eval(),
+        feature_extractor=_from_pretrained(CLIPImageProcessor, folder / "feature_extractor"),
     )
 
 

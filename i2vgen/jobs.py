@@ -10,12 +10,9 @@ DIR/failures.jsonl, and the others go on.
 """
 
 import argparse
-import contextlib
 import json
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ from tqdm.auto import tqdm
 
 from i2vgen import cli
 from i2vgen.distributed import CFGParallel, Launch, cfg_pairs, process_group, shard
-from i2vgen.video import _atomic_path
+from i2vgen.video import _atomic_path, exit_on_sigterm
 
 # Set once for the run on the command line: each process loads one pipeline and plays one part.
 RUN_WIDE = {"model", "variant", "dtype", "device", "jobs", "out_dir", "cfg_parallel"}
@@ -171,24 +168,6 @@ def write_failures(path: Path, failures: list[dict]):
         Path(tmp).write_text("".join(json.dumps(failure) + "\n" for failure in failures), encoding="utf-8")
 
 
-@contextlib.contextmanager
-def exit_on_sigterm():
-    """torchrun stops the other processes with SIGTERM when one fails: exit through Python then, so that the
-    video being written removes its temporary file. (Only the main thread can handle signals.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_jobs(args, argv: list[str]) -> int:
     """The --jobs run; returns the exit status (1 when a job failed)."""
     if args.jobs is None or args.out_dir is None:
@@ -199,6 +178,7 @@ def run_jobs(args, argv: list[str]) -> int:
         raise cli.UsageError(f"--out-dir is not a folder: {args.out_dir}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     jobs = read_jobs(args.jobs, argv, args.out_dir)
+    # torchrun stops the other processes with SIGTERM when one fails: exit through Python, removing temp files
     with exit_on_sigterm(), process_group(args.device) as launch:
         if args.cfg_parallel and launch.world_size % 2:
             raise cli.UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "

@@ -16,16 +16,28 @@ shape against the file, then assigns the loaded tensors as the parameters: one c
 
 A pipeline folder holds `model_index.json` (which class each component is) and one such folder per
 component; `local_folder` resolves a hub id ("ali-vilab/i2vgen-xl") to a downloaded snapshot of one.
+
+Everything read from a folder is checked where it is read, with one error naming the file (and key): configs
+must be JSON objects whose values have the dataclass fields' types; weights must be readable files of finite
+numbers; every file must resolve inside the model folder (no `..`, absolute names or links that leave it,
+except a hub cache snapshot's links into the cache's own blobs).
 """
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import math
+import os
 import pickle
+import re
+import types
+import typing
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -46,8 +58,15 @@ BIN_NAME = "diffusion_pytorch_model.bin"
 BIN_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
 
 
+def check_variant(variant: str | None) -> None:
+    """A variant is a plain name (it becomes part of file names: no path separators)."""
+    if variant is not None and not (isinstance(variant, str) and re.fullmatch(r"[A-Za-z0-9_-]+", variant)):
+        raise ValueError(f"variant must be a name of letters, digits, '_' and '-' such as 'fp16', got {variant!r}")
+
+
 def _with_variant(name: str, variant: str | None) -> str:
     """'a.b.json' -> 'a.b.fp16.json': the variant goes before the last suffix, as diffusers names it."""
+    check_variant(variant)
     if variant is None:
         return name
     stem, ext = name.rsplit(".", 1)
@@ -63,22 +82,74 @@ def _listify(value):
     return [_listify(v) for v in value] if isinstance(value, tuple) else value
 
 
+def _has_type(value, annotation) -> bool:
+    """Whether a JSON value (lists already tuples) fits a field annotation: int, float (ints too), str, bool,
+    None, X | Y, tuple[X, ...] and tuple[X, Y]. Other annotations are not checked."""
+    if annotation is float:  # infinities are meaningful (e.g. lambda_min_clipped = -inf); NaN never is
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool, type(None)):
+        return isinstance(value, annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    return True
+
+
+def check_config_types(cls, values: dict, source: str | None = None) -> None:
+    """Each value must have its dataclass field's type; the error names `source` (the file) and the key."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _has_type(value, hints[key]):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ValueError(f"{source + ': ' if source else ''}{key} must be {expected}, got "
+                             f"{json.dumps(_listify(value))}")
+
+
 @dataclasses.dataclass
 class Config:
     """Base for model configs. Fields are the config.json keys, with the reference's defaults."""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict, source: str | None = None) -> "Config":
         """Keys starting with "_" (`_class_name`, `_diffusers_version`, ...) are bookkeeping and ignored;
-        other unknown keys are ignored with a warning; missing keys take the field default."""
+        other unknown keys are ignored with a warning; missing keys take the field default. A value of the
+        wrong type is refused, naming `source` (the file it came from) and the key."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in d if k not in names and not k.startswith("_"))
         if unknown:
             warnings.warn(f"{cls.__name__}: ignoring unknown config keys {unknown}", stacklevel=2)
-        return cls(**{k: _tuplify(v) for k, v in d.items() if k in names})
+        values = {k: _tuplify(v) for k, v in d.items() if k in names}
+        check_config_types(cls, values, source)
+        try:
+            return cls(**values)
+        except (ValueError, TypeError) as error:  # a config's own checks (__post_init__)
+            raise ValueError(f"{source}: {error}" if source else str(error)) from None
 
     def to_dict(self) -> dict:
         return {f.name: _listify(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; anything else is one error naming the file."""
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid JSON: not UTF-8 text") from None
+    except OSError as e:
+        raise OSError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object {{...}}, got a JSON {type(data).__name__}")
+    return data
 
 
 def read_config(folder, filename: str = "config.json") -> dict:
@@ -89,10 +160,58 @@ def read_config(folder, filename: str = "config.json") -> dict:
     if not path.is_file():
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(f"{folder} has no {filename}; it holds {present}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return read_json(check_inside(folder, path))
+
+
+# ---- files stay inside the model folder ----
+
+def _hub_blobs(folder: Path) -> Path | None:
+    """For a folder inside a hub cache snapshot (<repo>/snapshots/<revision>/...), the cache's <repo>/blobs,
+    which that snapshot's files link into."""
+    for parent in [folder.absolute(), *folder.absolute().parents]:
+        if parent.parent.name == "snapshots":
+            return parent.parent.parent / "blobs"
+    return None
+
+
+def check_inside(folder: Path, path: Path) -> Path:
+    """`path`, once links are followed, must lie inside `folder` (or the hub cache blobs its snapshot links to)."""
+    real, root = path.resolve(), folder.resolve()
+    blobs = _hub_blobs(folder)
+    if not (real.is_relative_to(root) or (blobs is not None and real.is_relative_to(blobs.resolve()))):
+        raise ValueError(f"{path} leads to {real}, outside the model folder {folder}; model files are only read "
+                         "from inside it")
+    return path
+
+
+def _resolve_inside(folder: Path, name, source: Path) -> Path:
+    """`folder / name` for a file name read from `source` (a shard index): a relative name inside `folder`."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{source} names {name!r}; shard names must be relative file names inside {folder}")
+    return check_inside(folder, folder / name)
+
+
+def shard_paths(index: Path) -> list[Path]:
+    """The files a shard index (`{"weight_map": {key: file}}`, ours or transformers') names, each inside its
+    folder."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f'{index} has no weight_map: it must hold {{"weight_map": {{tensor name: shard file}}}}')
+    return [_resolve_inside(index.parent, name, index) for name in sorted(set(weight_map.values()), key=str)]
+
+
+def check_folder(folder: Path) -> None:
+    """Every file and link in `folder` (recursively) stays inside it, every shard index names files inside it,
+    and every safetensors file has a complete header: what any loader, ours or transformers', opens from it is
+    the folder's own, and a damaged file is named in one line before a loader fails on it."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = check_inside(folder, Path(root, name))
+            if name.endswith(".json") and ".index." in name:
+                shard_paths(path)
+            elif name.endswith(".safetensors"):
+                with _reading_safetensors(path), safe_open(path, framework="pt"):
+                    pass  # opening reads the header and checks that it covers the file
 
 
 def write_config(folder, class_name: str, config: dict, filename: str = "config.json") -> None:
@@ -129,12 +248,17 @@ def local_folder(path_or_hub_id, variant: str | None) -> Path:
 
 
 def check_model_index(folder: Path) -> None:
-    """Raise unless model_index.json names the expected class for every component."""
+    """Raise unless model_index.json names the expected class for every component, each component's folder is
+    there, and every file stays inside the folder (`check_folder`)."""
     index = read_config(folder, MODEL_INDEX_NAME)
     for name, (_, class_name) in COMPONENTS.items():
-        found = index.get(name, [None, None])[1]
+        entry = index.get(name)
+        found = entry[1] if isinstance(entry, list) and len(entry) == 2 else entry
         if found != class_name:
             raise ValueError(f"{folder}/{MODEL_INDEX_NAME}: {name} is {found}, expected {class_name}")
+        if not (folder / name).is_dir():
+            raise FileNotFoundError(f"{folder} has no {name} folder, which {MODEL_INDEX_NAME} lists")
+    check_folder(folder)
 
 
 def save_components(save_directory, components: dict, safe_serialization: bool = True,
@@ -158,6 +282,29 @@ def save_components(save_directory, components: dict, safe_serialization: bool =
             component.save_pretrained(folder / name)
 
 
+@contextlib.contextmanager
+def _reading_safetensors(path: Path):
+    """A truncated, empty or foreign file becomes one error naming it."""
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable safetensors file ({detail})") from None
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with _reading_safetensors(path):
+        return load_file(path)
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """NaN or infinite weights would only show as a black video at the end: name the tensor now."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: tensor {key} holds NaN or infinite values")
+    return state
+
+
 def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A `.bin` state dict, through `torch.load(weights_only=True)`: tensors and plain containers only, never
     code. A pickle that needs more is refused (loading it fully could run anything its author wrote)."""
@@ -175,20 +322,19 @@ def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
     """The state dict from the single file or, if an index json is present, from its shards; safetensors when
     present, else PyTorch `.bin` pickles."""
-    for index_name, single_name, load in ((INDEX_NAME, WEIGHTS_NAME, load_file),
+    for index_name, single_name, load in ((INDEX_NAME, WEIGHTS_NAME, load_safetensors),
                                           (BIN_INDEX_NAME, BIN_NAME, load_pickled_tensors)):
         index = folder / _with_variant(index_name, variant)
         single = folder / _with_variant(single_name, variant)
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state = {}
-            for shard in shards:
-                if not (folder / shard).is_file():
-                    raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}")
-                state.update(load(folder / shard))
+            for shard in shard_paths(index):
+                if not shard.is_file():
+                    raise FileNotFoundError(f"{index} names shard {shard.name}, which is not in {folder}")
+                state.update(_check_finite(load(shard), shard))
             return state
         if single.is_file():
-            return load(single)
+            return _check_finite(load(check_inside(folder, single)), single)
 
     present = sorted(p.name for p in folder.iterdir() if p.name.startswith("diffusion_pytorch_model"))
     # 'diffusion_pytorch_model.fp16-00001-of-00002.safetensors', '....safetensors.index.fp16.json' -> 'fp16'
@@ -208,13 +354,18 @@ def _read_weights(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
 
 def _check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, n_shown: int = 5):
     """Raise one error listing counts and the first few missing, unexpected and wrong-shape keys."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model_state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in model_state.items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k}: file {tuple(v.shape)}, model {expected[k]}"
              for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]
+    # A float tensor must be stored as floats (any precision: it is cast); an integer buffer as integers.
+    wrong_dtype = [f"{k}: file {v.dtype}, model {model_state[k].dtype}" for k, v in state.items()
+                   if k in expected and v.is_floating_point() != model_state[k].is_floating_point()]
     problems = [f"{len(items)} {what} (first: {items[:n_shown]})"
-                for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong))
+                for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong),
+                                    ("wrong-dtype", wrong_dtype))
                 if items]
     if problems:
         raise ValueError(f"{type(model).__name__} weights in {folder} do not match the model: "
@@ -262,9 +413,13 @@ class ModelMixin(torch.nn.Module):
         folder = Path(pretrained_model_name_or_path, subfolder or "")
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, not {torch_dtype!r}")
-        config = cls.config_class.from_dict(read_config(folder))
-        with torch.device("meta"):
-            model = cls(config)
+        config = cls.config_class.from_dict(read_config(folder), source=str(folder / "config.json"))
+        check_folder(folder)
+        try:
+            with torch.device("meta"):
+                model = cls(config)
+        except (ValueError, TypeError) as error:  # values of the right type that do not build a model
+            raise ValueError(f"{folder / 'config.json'}: {error}") from None
         state = _read_weights(folder, variant)
         _check_keys(model, state, folder)
         model.load_state_dict(state, strict=True, assign=True)

@@ -28,9 +28,10 @@ import torch
 from einops import rearrange
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from i2vgen.checks import check_device, check_int, check_real, check_text
 from i2vgen.clip import CLIPImageProcessor, encode_text, load_clip_components
-from i2vgen.loading import (COMPONENTS, check_model_index, component_dtype, component_variants, local_folder,
-                            save_components)
+from i2vgen.loading import (COMPONENTS, check_model_index, check_variant, component_dtype, component_variants,
+                            local_folder, save_components)
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
@@ -81,6 +82,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         Weights are cast to `torch_dtype`, float32 by default, or per component by a dict such as
         {"unet": torch.bfloat16, "default": torch.float16}. Components without `variant` files load their default
         weights; a variant that no component has is a ValueError (both as in the reference)."""
+        check_variant(variant)
         folder = local_folder(pretrained_model_name_or_path, variant)
         check_model_index(folder)
         models = ("vae", "text_encoder", "image_encoder", "unet")
@@ -160,11 +162,18 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
 
     # ---- memory controls (issue 4); none changes the output ----
 
-    def enable_model_cpu_offload(self, device="cuda"):
-        """Keep every model on the CPU and move each to `device` only while it runs. Also switches on the UNet's
-        forward chunking (`unet.enable_forward_chunking()`: its layers run on slices of frames, same output)."""
+    def enable_model_cpu_offload(self, device=None):
+        """Keep every model on the CPU and move each to `device` (default: the accelerator, e.g. cuda) only while
+        it runs. Also switches on the UNet's forward chunking (`unet.enable_forward_chunking()`: its layers run on
+        slices of frames, same output)."""
+        if device is None:
+            device = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+            if device is None:
+                raise ValueError("enable_model_cpu_offload moves models to an accelerator between uses, and this "
+                                 "machine has none; run on the CPU without it, or pass device=")
+        device = check_device(device)
         self._remove_sequential_offload()
-        self._offload_device = torch.device(device)
+        self._offload_device = device
         self.to("cpu")
         self.unet.enable_forward_chunking()
 
@@ -205,8 +214,10 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         """CLIP text tokens (len(texts), max_length, D), from the layer clip_skip says (`clip.encode_text`)."""
         tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                                 return_tensors="pt").input_ids
-        if self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids.shape[-1] > max_length:
-            warnings.warn(f"a prompt is longer than CLIP's {max_length} tokens and was truncated")
+        # verbose=False: transformers' own warning would say the same as ours, less usefully
+        longest = self.tokenizer(texts, padding="longest", return_tensors="pt", verbose=False).input_ids.shape[-1]
+        if longest > max_length:
+            warnings.warn(f"a prompt is longer than CLIP's {max_length} tokens and was truncated", stacklevel=4)
         with self._running(self.text_encoder) as encoder:
             return encode_text(encoder, tokens.to(self.execution_device), clip_skip)
 
@@ -322,22 +333,25 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
     # ---- the call ----
 
     @torch.no_grad()
-    def __call__(self, prompt=None, image=None, height: int | None = 704, width: int | None = 1280,
+    def __call__(self, prompt=None, image=None, height: int | None = None, width: int | None = None,
                  target_fps: int = 16, num_frames: int = 16, num_inference_steps: int = 50,
                  guidance_scale: float = 9.0, negative_prompt=None, eta: float = 0.0,
                  num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1, generator=None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil",
                  return_dict: bool = True, clip_skip: int | None = 1, callback_on_step_end=None):
         """Generate `num_videos_per_prompt` videos per prompt from `image` (one for all prompts, or one per
-        prompt); height / width None: the model's size (`default_size`). Returns
+        prompt); height / width None: the model's size (`default_size`; 704 x 1280 for the released model). Returns
         `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when return_dict is False.
 
         callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a dict:
         its "latents" replace the current ones; {"stop": True} ends the loop early (the latents are decoded)."""
         # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
-        height, width = height or self.default_size[0], width or self.default_size[1]
+        height = self.default_size[0] if height is None else height
+        width = self.default_size[1] if width is None else width
         self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                            prompt_embeds, negative_prompt_embeds, output_type, eta)
+        self._check_numbers(target_fps, guidance_scale, eta, num_videos_per_prompt, decode_chunk_size, clip_skip)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # checks the step count too
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
@@ -351,8 +365,8 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         image_embeddings = self.encode_image(images, width)
         image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
 
-        # 4. timesteps; x_T ~ N(0, I) of (B, 4, F, h, w) from the generator (after the image latents), scaled
-        self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # init_noise_sigma reads it
+        # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents (timesteps set in 1:
+        # init_noise_sigma may read them)
         latents = self.prepare_latents(batch, num_frames, height, width, prompt_embeds.dtype, generator, latents)
 
         # 5. sampling loop (DDIM or another scheduler), with the conditioning of the B videos encoded once
@@ -368,7 +382,8 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
                     if result.get("stop"):
                         break
 
-        # 6. decode
+        # 6. decode: never a black video from NaN latents
+        _check_finite_latents(latents)
         video = latents
         if output_type != "latent":
             video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
@@ -398,18 +413,22 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
 
     def _check_inputs(self, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                       prompt_embeds, negative_prompt_embeds, output_type, eta):
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
-        if num_frames < 1 or num_inference_steps < 1:
-            raise ValueError(f"num_frames and num_inference_steps must be at least 1, got {num_frames} and "
-                             f"{num_inference_steps}")
+        for name, value in (("height", height), ("width", width)):
+            if check_int(name, value, 8) % 8:
+                raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
+        check_int("num_frames", num_frames, 1)
+        check_int("num_inference_steps", num_inference_steps, 1)
         if image is None:
             raise ValueError("image is required: the first frame of the video is generated from it")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
-        if prompt is not None and not (isinstance(prompt, str) or
-                                       (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
-            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if texts is None:
+                continue
+            if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
+                raise TypeError(f"{name} must be a string or a non-empty list of strings, got {texts!r}")
+            for text in [texts] if isinstance(texts, str) else texts:
+                check_text(f"{name} entries" if isinstance(texts, list) else name, text)
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
         if (prompt_embeds is not None and negative_prompt_embeds is not None
@@ -421,3 +440,21 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
             raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta "
                              "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
+
+    def _check_numbers(self, target_fps, guidance_scale, eta, num_videos_per_prompt, decode_chunk_size, clip_skip):
+        check_int("target_fps", target_fps, 1, 1000)
+        check_real("guidance_scale", guidance_scale)
+        check_real("eta", eta, 0.0, 1.0)
+        check_int("num_videos_per_prompt", num_videos_per_prompt, 1)
+        if decode_chunk_size is not None:
+            check_int("decode_chunk_size", decode_chunk_size, 1)
+        if clip_skip is not None:  # clip_skip = number of layers: the embeddings, before any layer
+            check_int("clip_skip", clip_skip, 0, self.text_encoder.config.num_hidden_layers)
+
+
+def _check_finite_latents(latents: torch.Tensor) -> None:
+    """Decoding NaN or infinite latents gives a black video; stop with the likely causes instead."""
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError("the denoised latents hold NaN or infinite values, so no video was decoded; "
+                                 "likely causes: non-finite model weights or inputs, or float16 overflow (try "
+                                 "float32)")

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from i2vgen import offload
+from i2vgen.checks import check_device
 
 
 class DiffusersPipelineAPI:
@@ -49,9 +50,7 @@ class DiffusersPipelineAPI:
         device = torch.device(device)
         if gpu_id is not None:
             device = torch.device(device.type, gpu_id)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"enable_sequential_cpu_offload: device {device} is not available here (no CUDA); "
-                               "pass device='cpu' or run on a machine with a GPU")
+        device = check_device(device)
         self._offload_device = device
         self._remove_sequential_offload()
         self._sequential_hooks = [handle for model in self.models for handle in offload.attach(model, device)]

@@ -1,18 +1,21 @@
 """Writing frames to a GIF (Pillow) or an MP4 (imageio-ffmpeg, the optional `mp4` extra).
 
 Both writers go through a temporary file in the destination folder that is renamed into place only once
-it is complete, so an error or Ctrl-C never leaves a half-written video behind.
+it is complete, so an error, Ctrl-C or SIGTERM never leaves a half-written video behind. `check_output_path`
+lets a caller find an unwritable destination before a long generation.
 """
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
-__all__ = ["export_to_gif", "export_to_video"]
+__all__ = ["check_output_path", "exit_on_sigterm", "export_to_gif", "export_to_video"]
 
 
 def _to_uint8_frames(frames) -> list[np.ndarray]:
@@ -25,28 +28,71 @@ def _to_uint8_frames(frames) -> list[np.ndarray]:
             frame = np.asarray(frame.convert("RGB"))
         frame = np.asarray(frame)
         if frame.dtype != np.uint8:
+            if not np.isfinite(frame).all():
+                raise ValueError("frames hold NaN or infinite values; nothing written")
             frame = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8)
         out.append(frame)
     return out
+
+
+def _temporary_file(path: Path) -> str:
+    """A new empty hidden file next to `path`; errors name `path`, never the temporary name."""
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a folder; give a file name such as {path / ('video' + path.suffix)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    except OSError as error:
+        raise PermissionError(f"cannot write {path}: {error.strerror or error}") from None
+    os.close(fd)
+    return tmp
+
+
+def check_output_path(path) -> None:
+    """Raise now, in one line, if a video could not be written to `path` (a folder, a missing or read-only
+    folder): creates and removes an empty hidden file next to it."""
+    os.remove(_temporary_file(Path(path)))
+
+
+def _exit_terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """While the block runs, SIGTERM (whose default action kills the process at once, skipping all cleanup)
+    exits through Python instead, as SystemExit(128 + 15): temporary files are removed on the way out. Only the
+    main thread receives signals; elsewhere this does nothing. The previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
 def _atomic_path(path):
     """Yield a temporary path next to `path`; move it to `path` only if the block finishes."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_file(path)
+    # Unless the program handles SIGTERM itself, make it exit through the cleanup below.
+    sigterm = exit_on_sigterm() if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else contextlib.nullcontext()
     try:
-        yield tmp
-        umask = os.umask(0)  # mkstemp made the file private (0600); give it the usual permissions
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: remove the partial file, then re-raise
+        with sigterm:
+            yield tmp
+            umask = os.umask(0)  # mkstemp made the file private (0600); give it the usual permissions
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+    except BaseException as error:  # KeyboardInterrupt and SIGTERM too: remove the partial file, then re-raise
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(error, Exception) and tmp in str(error):  # e.g. ffmpeg's message: name the real output
+            raise OSError(f"cannot write {path}: {str(error).replace(tmp, str(path))}") from None
         raise
 
 

@@ -87,7 +87,7 @@ def main(argv=None):
     with torch.no_grad():
         if args.command == "gap":
             if args.pool:
-                pool = torch.load(args.pool)
+                pool = torch.load(args.pool, weights_only=True)
             else:
                 pool = encode_clips(pipe, TrainConfig(model=args.model, output_dir="", num_clips=48))
             print("t      loss, own caption   loss, opposite direction   ratio")

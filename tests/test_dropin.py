@@ -104,7 +104,7 @@ def test_sequential_cpu_offload_equals_plain(plain_frames, monkeypatch):
     pipe.maybe_free_model_hooks()  # nothing left to free: every model is back on the CPU
     assert all(getattr(pipe, name).device.type == "cpu" for name in MODELS)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="device cuda is not available"):
+        with pytest.raises(ValueError, match="device 'cuda' is not available"):
             pipe.enable_sequential_cpu_offload()
 
 

@@ -59,7 +59,8 @@ def same_after_save_load(tmp_path, time_step=0, num_inference_steps=STEPS, eta=0
 @pytest.mark.parametrize("config", [
     *[dict(num_train_timesteps=n) for n in (100, 500, 1000)],                              # test_timesteps
     *[dict(steps_offset=n) for n in (0, 1)],                                               # test_steps_offset
-    *[dict(beta_start=a, beta_end=b) for a, b in zip([0.0001, 0.001, 0.01, 0.1], [0.002, 0.02, 0.2, 2])],  # test_betas
+    # test_betas, less upstream's (0.1, 2): betas above 1 are refused here (tests/test_bad_input.py)
+    *[dict(beta_start=a, beta_end=b) for a, b in zip([0.0001, 0.001, 0.01], [0.002, 0.02, 0.2])],
     *[dict(beta_schedule=s) for s in ("linear", "squaredcos_cap_v2")],                     # test_schedules
     *[dict(prediction_type=p) for p in ("epsilon", "v_prediction")],                       # test_prediction_type
     *[dict(clip_sample=c) for c in (True, False)],                                         # test_clip_sample

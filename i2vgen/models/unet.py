@@ -16,6 +16,7 @@ float32 (test_blocks checks both, on the CPU), so activations whose squares or e
 float16 stay finite. The timestep and fps sinusoids are computed in float32 and then cast (`_sinusoids`).
 """
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -138,6 +139,8 @@ def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, raw: dic
     if torch.as_tensor(timestep).numel() not in (1, batch):
         raise ValueError(f"timestep must be a number or have 1 or B={batch} values; got "
                          f"{torch.as_tensor(timestep).numel()}")
+    if isinstance(timestep, float) and not math.isfinite(timestep):  # tensors are not read here (fake tensors)
+        raise ValueError(f"timestep must be a finite number; got {timestep}")
     expected = (batch, LATENT_CHANNELS, frames, height, width)
     if condition is None and _shape(raw["image_latents"]) != expected:
         raise ValueError(f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = "

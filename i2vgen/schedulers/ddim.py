@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from i2vgen.checks import check_real
 from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import SchedulerFolders, check_config, dynamic_threshold, make_betas, spaced_timesteps
+from i2vgen.schedulers.schedule import (SchedulerFolders, check_config, check_num_inference_steps, dynamic_threshold,
+                                        make_betas, spaced_timesteps, train_step)
 
 
 @dataclass
@@ -82,11 +84,12 @@ class DDIMScheduler(SchedulerFolders):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
-        if not 1 <= num_inference_steps <= c.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
-                             f"({c.num_train_timesteps}), got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
+        num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        if len(self.alphas_cumprod) != c.num_train_timesteps:
+            raise ValueError(f"trained_betas has {len(self.alphas_cumprod)} values but num_train_timesteps is "
+                             f"{c.num_train_timesteps}: sampling needs one beta per train step")
         timesteps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
+        self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
@@ -122,8 +125,9 @@ class DDIMScheduler(SchedulerFolders):
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise, not both")
+        check_real("eta", eta, 0.0, 1.0)
         # The previous step is t - T // n for every spacing, as in the reference (exact for "leading").
-        t = int(timestep)
+        t = train_step(timestep, c.num_train_timesteps)
         t_prev = t - c.num_train_timesteps // self.num_inference_steps
         alpha_bar_t = self.alphas_cumprod[t]
         alpha_bar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod

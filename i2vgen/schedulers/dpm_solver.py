@@ -19,8 +19,9 @@ import torch
 from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
 from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice,
-                                        check_config, data_prediction, dynamic_threshold, final_sigma, first_step_index,
-                                        log_snr, sigmas_at, solver_alphas_cumprod, solver_timesteps)
+                                        check_num_inference_steps, check_config, data_prediction, dynamic_threshold,
+                                        final_sigma, first_step_index, log_snr, sigmas_at, solver_alphas_cumprod,
+                                        solver_timesteps)
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -90,9 +91,7 @@ class DPMSolverMultistepScheduler(SchedulerFolders):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
-        if not 1 <= num_inference_steps <= c.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
-                             f"({c.num_train_timesteps}), got {num_inference_steps}")
+        num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
         # lambda_min_clipped: drop the train steps whose log-SNR is below it from the end of the schedule.
         clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), c.lambda_min_clipped))
         timesteps = solver_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset,

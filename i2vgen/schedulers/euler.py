@@ -19,9 +19,9 @@ import torch
 
 from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, check_choice, check_config, final_sigma,
-                                        first_step_index, sigmas_at, sigmas_from_alphas_cumprod, solver_alphas_cumprod,
-                                        spaced_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, check_choice, check_config,
+                                        check_num_inference_steps, final_sigma, first_step_index, sigmas_at,
+                                        sigmas_from_alphas_cumprod, solver_alphas_cumprod, spaced_timesteps)
 
 
 @dataclass
@@ -78,9 +78,7 @@ class EulerDiscreteScheduler(SchedulerFolders):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
-        if not 1 <= num_inference_steps <= c.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
-                             f"({c.num_train_timesteps}), got {num_inference_steps}")
+        num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
         if c.timestep_spacing == "linspace":  # not rounded: Euler takes fractional timesteps
             timesteps = np.linspace(0, c.num_train_timesteps - 1, num_inference_steps, dtype=np.float32)[::-1].copy()
         else:

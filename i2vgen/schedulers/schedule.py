@@ -113,10 +113,42 @@ def linspace_timesteps(num_train_timesteps: int, n: int) -> np.ndarray:
     return np.linspace(0, num_train_timesteps - 1, n).round()[::-1].astype(np.int64)
 
 
+def check_num_inference_steps(n, num_train_timesteps: int) -> int:
+    """A step count is an integer between 1 and the number of train steps."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= num_train_timesteps:
+        raise ValueError(f"num_inference_steps must be an integer between 1 and num_train_timesteps "
+                         f"({num_train_timesteps}), got {n!r}")
+    return int(n)
+
+
+def _within_train_steps(spaced, num_train_timesteps: int, n: int, steps_offset: int) -> np.ndarray:
+    """`spaced(n)`, the n leading-spaced timesteps, unless they pass the last train step: with steps_offset they
+    can (T = 1000, steps_offset 1, 1000 DDIM steps: t = 1000), and the reference then fails with an IndexError
+    inside step(). Refused here, in one line that gives the largest step count that works."""
+    timesteps = spaced(n)
+    if timesteps.max() >= num_train_timesteps:
+        allowed = max(k for k in range(1, n) if spaced(k).max() < num_train_timesteps)
+        raise ValueError(f"num_inference_steps={n} with leading spacing and steps_offset {steps_offset} would start "
+                         f"at timestep {timesteps.max()}, past the last train step {num_train_timesteps - 1}; use "
+                         f"at most {allowed} steps")
+    return timesteps
+
+
+def train_step(timestep, num_train_timesteps: int) -> int:
+    """The train step a timestep names: an integer in [0, T - 1] (a negative one would index from the end)."""
+    value = timestep.item() if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 else timestep
+    if not (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value) and value == int(value) and 0 <= value < num_train_timesteps):
+        raise ValueError(f"timestep must be one integer train step between 0 and {num_train_timesteps - 1}, "
+                         f"got {value!r}")
+    return int(value)
+
+
 def spaced_timesteps(spacing: str, num_train_timesteps: int, n: int, steps_offset: int = 0) -> np.ndarray:
     """The n timesteps of a DDIM-style sampler, whose last step lands on alpha_bar of timestep 0 or 1."""
     if spacing == "leading":
-        return leading_timesteps(num_train_timesteps, n, steps_offset)
+        return _within_train_steps(lambda k: leading_timesteps(num_train_timesteps, k, steps_offset),
+                                   num_train_timesteps, n, steps_offset)
     if spacing == "trailing":
         return trailing_timesteps(num_train_timesteps, n)
     return linspace_timesteps(num_train_timesteps, n)
@@ -129,7 +161,8 @@ def solver_timesteps(spacing: str, num_train_timesteps: int, n: int, steps_offse
     (default T) is where lambda_min_clipped cuts the schedule."""
     last = num_train_timesteps if last_timestep is None else last_timestep
     if spacing == "leading":
-        return leading_timesteps(last, n + 1, steps_offset)[:-1]
+        return _within_train_steps(lambda k: leading_timesteps(last, k + 1, steps_offset)[:-1],
+                                   num_train_timesteps, n, steps_offset)
     if spacing == "trailing":
         return trailing_timesteps(num_train_timesteps, n, start=last)
     return linspace_timesteps(last, n + 1)[:-1]
@@ -213,6 +246,21 @@ def check_config(c) -> None:
     check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
     if not (isinstance(c.num_train_timesteps, int) and c.num_train_timesteps >= 2):
         raise ValueError(f"num_train_timesteps must be an integer >= 2, got {c.num_train_timesteps!r}")
+    check_betas(c)
+
+
+def check_betas(c) -> None:
+    """Betas lie in [0, 1]: one above 1 makes alpha_bar negative (and its square root NaN), a negative one makes it
+    grow. Read from the config's numbers, not a tensor, so that schedulers can be built under FakeTensorMode."""
+    if c.trained_betas is not None:
+        values, names = c.trained_betas, "trained_betas"
+    elif c.beta_schedule in ("linear", "scaled_linear"):  # every beta lies between these two
+        values, names = (c.beta_start, c.beta_end), "beta_start and beta_end"
+    else:
+        return  # squaredcos_cap_v2 is capped at 0.999 by construction
+    bad = [b for b in values if not (math.isfinite(b) and 0 <= b <= 1)]
+    if bad:
+        raise ValueError(f"{names} must be finite and in [0, 1]; got {bad[0]}")
 
 
 def config_dict(config) -> dict:
@@ -242,7 +290,11 @@ class SchedulerFolders:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None):
         folder = Path(pretrained_model_name_or_path, subfolder or "")
-        return cls.from_config(read_config(folder, CONFIG_NAME))
+        config = read_config(folder, CONFIG_NAME)
+        try:
+            return cls.from_config(config)
+        except (ValueError, TypeError) as error:  # a value of the wrong type, or one no schedule can use
+            raise ValueError(f"{folder / CONFIG_NAME}: {error}") from None
 
     def save_pretrained(self, save_directory) -> None:
         write_config(save_directory, type(self).__name__, self.config.to_dict(), CONFIG_NAME)

@@ -19,8 +19,9 @@ import torch
 from i2vgen.loading import Config
 
 from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice,
-                                        check_config, data_prediction, dynamic_threshold, final_sigma, first_step_index,
-                                        sigmas_at, solver_alphas_cumprod, solver_timesteps)
+                                        check_num_inference_steps, check_config, data_prediction, dynamic_threshold,
+                                        final_sigma, first_step_index, sigmas_at, solver_alphas_cumprod,
+                                        solver_timesteps)
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -83,9 +84,7 @@ class UniPCMultistepScheduler(SchedulerFolders):
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
-        if not 1 <= num_inference_steps <= c.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be between 1 and num_train_timesteps "
-                             f"({c.num_train_timesteps}), got {num_inference_steps}")
+        num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
         timesteps = solver_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
         self.sigmas = sigmas_at(timesteps, self.alphas_cumprod, final_sigma(c, self.alphas_cumprod))
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)

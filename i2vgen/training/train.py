@@ -205,7 +205,7 @@ def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, g
     name = "lora" if is_lora else "unet"
     load_trained(unet, checkpoint / name, is_lora)
     load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
-    state = torch.load(checkpoint / "training_state.pt")
+    state = torch.load(checkpoint / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     generator.set_state(state["generator"])
@@ -231,7 +231,7 @@ def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
 def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
     """The encoded training clips (encode_clips), cached at `path` so that a resumed run reuses them."""
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     pool = encode_clips(pipe, cfg)
     torch.save(pool, path)
     return pool
