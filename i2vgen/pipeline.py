@@ -17,8 +17,6 @@ it tiles the image latents while repeating the prompts per video, pairing prompt
 (we repeat both per video).
 """
 
-import contextlib
-import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -28,7 +26,7 @@ import torch
 from einops import rearrange
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from i2vgen.checks import check_device, check_int, check_real, check_text
+from i2vgen.checks import batch_size, check_call, check_call_numbers, check_finite_latents
 from i2vgen.clip import CLIPImageProcessor, encode_text, load_clip_components
 from i2vgen.loading import (COMPONENTS, check_model_index, check_variant, component_dtype, component_variants,
                             local_folder, save_components)
@@ -37,7 +35,7 @@ from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
 from i2vgen.outputs import BaseOutput
 from i2vgen.pipeline_compat import DiffusersPipelineAPI
-from i2vgen.preprocess import OUTPUT_TYPES, clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
+from i2vgen.preprocess import clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
 from i2vgen.schedulers import load_scheduler
 from i2vgen.schedulers.ddim import DDIMScheduler
 
@@ -55,8 +53,9 @@ class I2VGenXLPipelineOutput(BaseOutput):
 
 class I2VGenXLPipeline(DiffusersPipelineAPI):
     """Image-to-video generation with I2VGen-XL. Components and call arguments follow diffusers'
-    deprecated `I2VGenXLPipeline`, so porting code means changing the import (the rest of diffusers'
-    pipeline API, from `components` to `enable_freeu`, is in pipeline_compat.py)."""
+    deprecated `I2VGenXLPipeline`, so porting code means changing the import. The rest of diffusers' pipeline
+    API is in pipeline_compat.py: model offload (`execution_device`, `_running`, used below), `components`,
+    `from_pipe`, FreeU, fused QKV, slicing and tiling switches, LoRA."""
 
     def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  image_encoder: CLIPVisionModelWithProjection, feature_extractor, unet: I2VGenXLUNet,
@@ -133,49 +132,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         """Options for the tqdm bar over denoising steps, e.g. `disable=True`."""
         self._progress_bar_config = kwargs
 
-    # ---- LoRA adapters in the UNet (i2vgen/lora.py, needs peft; the names are diffusers') ----
-
-    def load_lora_weights(self, pretrained_model_name_or_path, adapter_name=None, weight_name=None) -> str:
-        """Load a UNet LoRA (a pytorch_lora_weights.safetensors file, or the folder holding it or `weight_name`)
-        and make it active beside the active ones, at weight 1. Returns its name ("default_<n>" if not given)."""
-        from . import lora
-        return lora.load_lora_weights(self.unet, pretrained_model_name_or_path, adapter_name, weight_name)
-
-    def set_adapters(self, adapter_names, adapter_weights=None):
-        """Make exactly these adapters active, each with its weight (default 1.0)."""
-        from . import lora
-        lora.set_adapters(self.unet, adapter_names, adapter_weights)
-
-    def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
-        """Add the active adapters (times lora_scale) into the UNet's weights; `unfuse_lora` restores them exactly."""
-        from . import lora
-        lora.fuse_lora(self.unet, lora_scale, adapter_names)
-
-    def unfuse_lora(self):
-        from . import lora
-        lora.unfuse_lora(self.unet)
-
-    def unload_lora_weights(self):
-        """Remove every adapter: the UNet is the plain loaded one again, bit for bit."""
-        from . import lora
-        lora.unload_lora_weights(self.unet)
-
-    # ---- memory controls (issue 4); none changes the output ----
-
-    def enable_model_cpu_offload(self, device=None):
-        """Keep every model on the CPU and move each to `device` (default: the accelerator, e.g. cuda) only while
-        it runs. Also switches on the UNet's forward chunking (`unet.enable_forward_chunking()`: its layers run on
-        slices of frames, same output)."""
-        if device is None:
-            device = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-            if device is None:
-                raise ValueError("enable_model_cpu_offload moves models to an accelerator between uses, and this "
-                                 "machine has none; run on the CPU without it, or pass device=")
-        device = check_device(device)
-        self._remove_sequential_offload()
-        self._offload_device = device
-        self.to("cpu")
-        self.unet.enable_forward_chunking()
+    # ---- how guidance runs (model offload and the other memory switches: pipeline_compat.py) ----
 
     def enable_sequential_guidance(self, enabled: bool = True):
         """Run the unconditional and conditional UNet passes one after the other instead of as one batch of
@@ -191,22 +148,6 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         same step, so the video is the one a single process makes. `i2vgen.distributed.cfg_pairs` builds one
         over torch.distributed (docs/distributed.md); None turns it off."""
         self._cfg_exchange = exchange
-
-    @property
-    def execution_device(self) -> torch.device:
-        return self._offload_device or self.device
-
-    @contextlib.contextmanager
-    def _running(self, model: torch.nn.Module):
-        """Place `model` on the execution device for the block (a no-op without CPU offload)."""
-        if self._offload_device is None or getattr(self, "_sequential_hooks", None):  # none, or per layer
-            yield model
-            return
-        model.to(self._offload_device)
-        try:
-            yield model
-        finally:
-            model.to("cpu")
 
     # ---- conditioning ----
 
@@ -348,14 +289,15 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
         height = self.default_size[0] if height is None else height
         width = self.default_size[1] if width is None else width
-        self._check_inputs(prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
-                           prompt_embeds, negative_prompt_embeds, output_type, eta)
-        self._check_numbers(target_fps, guidance_scale, eta, num_videos_per_prompt, decode_chunk_size, clip_skip)
+        check_call(self.scheduler, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
+                   prompt_embeds, negative_prompt_embeds, output_type, eta)
+        check_call_numbers(self.text_encoder.config.num_hidden_layers, target_fps, guidance_scale, eta,
+                           num_videos_per_prompt, decode_chunk_size, clip_skip)
         self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # checks the step count too
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
-        batch = self._batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
+        batch = batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
 
         # 2. text: (P, S, D), and the negative prompt's when guided
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -383,7 +325,7 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
                         break
 
         # 6. decode: never a black video from NaN latents
-        _check_finite_latents(latents)
+        check_finite_latents(latents)
         video = latents
         if output_type != "latent":
             video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
@@ -400,61 +342,3 @@ class I2VGenXLPipeline(DiffusersPipelineAPI):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         return latents.to(self.execution_device) * self.scheduler.init_noise_sigma
-
-    @staticmethod
-    def _batch_size(num_prompts: int, num_images: int, num_videos_per_prompt: int, generator) -> int:
-        """B = P x num_videos_per_prompt, once the images and generators are checked against it."""
-        batch = num_prompts * num_videos_per_prompt
-        if num_images not in (1, num_prompts):
-            raise ValueError(f"got {num_images} images for {num_prompts} prompts: pass one image or one per prompt")
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
-        return batch
-
-    def _check_inputs(self, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
-                      prompt_embeds, negative_prompt_embeds, output_type, eta):
-        for name, value in (("height", height), ("width", width)):
-            if check_int(name, value, 8) % 8:
-                raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
-        check_int("num_frames", num_frames, 1)
-        check_int("num_inference_steps", num_inference_steps, 1)
-        if image is None:
-            raise ValueError("image is required: the first frame of the video is generated from it")
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("pass exactly one of prompt and prompt_embeds")
-        for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if texts is None:
-                continue
-            if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
-                raise TypeError(f"{name} must be a string or a non-empty list of strings, got {texts!r}")
-            for text in [texts] if isinstance(texts, str) else texts:
-                check_text(f"{name} entries" if isinstance(texts, list) else name, text)
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        if (prompt_embeds is not None and negative_prompt_embeds is not None
-                and prompt_embeds.shape != negative_prompt_embeds.shape):
-            raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
-                             f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
-            raise ValueError(f"eta applies only to DDIMScheduler; {type(self.scheduler).__name__} has no eta "
-                             "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
-
-    def _check_numbers(self, target_fps, guidance_scale, eta, num_videos_per_prompt, decode_chunk_size, clip_skip):
-        check_int("target_fps", target_fps, 1, 1000)
-        check_real("guidance_scale", guidance_scale)
-        check_real("eta", eta, 0.0, 1.0)
-        check_int("num_videos_per_prompt", num_videos_per_prompt, 1)
-        if decode_chunk_size is not None:
-            check_int("decode_chunk_size", decode_chunk_size, 1)
-        if clip_skip is not None:  # clip_skip = number of layers: the embeddings, before any layer
-            check_int("clip_skip", clip_skip, 0, self.text_encoder.config.num_hidden_layers)
-
-
-def _check_finite_latents(latents: torch.Tensor) -> None:
-    """Decoding NaN or infinite latents gives a black video; stop with the likely causes instead."""
-    if not torch.isfinite(latents).all():
-        raise FloatingPointError("the denoised latents hold NaN or infinite values, so no video was decoded; "
-                                 "likely causes: non-finite model weights or inputs, or float16 overflow (try "
-                                 "float32)")

@@ -5,6 +5,7 @@ method has nothing to do here, the docstring says why and the call warns instead
 Grouped as the reference documents them: components, memory switches, output-changing switches, progress.
 """
 
+import contextlib
 import inspect
 import warnings
 
@@ -42,6 +43,39 @@ class DiffusersPipelineAPI:
         return new.to(torch_dtype) if torch_dtype is not None else new
 
     # ---- memory switches: none of them changes the output ----
+
+    # ---- model offload: each model visits the execution device only while it runs ----
+
+    def enable_model_cpu_offload(self, device=None):
+        """Keep every model on the CPU and move each to `device` (default: the accelerator, e.g. cuda) only while
+        it runs. Also switches on the UNet's forward chunking (`unet.enable_forward_chunking()`: its layers run on
+        slices of frames, same output)."""
+        if device is None:
+            device = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+            if device is None:
+                raise ValueError("enable_model_cpu_offload moves models to an accelerator between uses, and this "
+                                 "machine has none; run on the CPU without it, or pass device=")
+        device = check_device(device)
+        self._remove_sequential_offload()
+        self._offload_device = device
+        self.to("cpu")
+        self.unet.enable_forward_chunking()
+
+    @property
+    def execution_device(self) -> torch.device:
+        return self._offload_device or self.device
+
+    @contextlib.contextmanager
+    def _running(self, model: torch.nn.Module):
+        """Place `model` on the execution device for the block (a no-op without CPU offload)."""
+        if self._offload_device is None or getattr(self, "_sequential_hooks", None):  # none, or per layer
+            yield model
+            return
+        model.to(self._offload_device)
+        try:
+            yield model
+        finally:
+            model.to("cpu")
 
     def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda"):
         """Keep every weight on the CPU and move each layer's weights to `device` only while that layer runs
@@ -129,3 +163,30 @@ class DiffusersPipelineAPI:
         if total is not None:
             return tqdm(total=total, **self._progress_bar_config)
         raise ValueError("progress_bar needs an iterable or a total")
+
+    # ---- LoRA adapters in the UNet (i2vgen/lora.py, needs peft; the names are diffusers') ----
+
+    def load_lora_weights(self, pretrained_model_name_or_path, adapter_name=None, weight_name=None) -> str:
+        """Load a UNet LoRA (a pytorch_lora_weights.safetensors file, or the folder holding it or `weight_name`)
+        and make it active beside the active ones, at weight 1. Returns its name ("default_<n>" if not given)."""
+        from . import lora
+        return lora.load_lora_weights(self.unet, pretrained_model_name_or_path, adapter_name, weight_name)
+
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """Make exactly these adapters active, each with its weight (default 1.0)."""
+        from . import lora
+        lora.set_adapters(self.unet, adapter_names, adapter_weights)
+
+    def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
+        """Add the active adapters (times lora_scale) into the UNet's weights; `unfuse_lora` restores them exactly."""
+        from . import lora
+        lora.fuse_lora(self.unet, lora_scale, adapter_names)
+
+    def unfuse_lora(self):
+        from . import lora
+        lora.unfuse_lora(self.unet)
+
+    def unload_lora_weights(self):
+        """Remove every adapter: the UNet is the plain loaded one again, bit for bit."""
+        from . import lora
+        lora.unload_lora_weights(self.unet)

@@ -107,7 +107,8 @@ def test_torchrun_two_ranks_render_the_single_process_videos(tmp_path, reference
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "i2vgen", "generate",
          "--jobs", str(jobs), "--out-dir", str(out), *DEFAULTS],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # one thread, as this process (whatever the caller exported)
     assert result.returncode == 1 and videos(out) == videos(references), result.stderr[-3000:]
     assert "i2vgen: 6 done, 0 skipped, 1 failed" in result.stdout
     assert "failed: line 7 (g.gif): image not found: no/such/image.png" in result.stdout
