@@ -252,6 +252,29 @@ def accumulate_gradients(unet, scheduler, pool: dict, cfg: TrainConfig, scaling_
     return total
 
 
+def setup_optimization(unet, cfg: TrainConfig):
+    """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, AdamW and the warmup schedule."""
+    if cfg.lora is not None:
+        from i2vgen import lora  # peft: an optional extra
+        lora.add_adapter(unet, lora.LoraSettings(**cfg.lora))  # freezes the UNet, adds a trainable adapter
+    else:
+        unet.requires_grad_(True)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    ema = EMA(unet, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
+    return trainable, ema, optimizer, lr_scheduler
+
+
+def log_step(log, bar, step: int, loss: float, smoothed: float, lr: float, seconds: float) -> None:
+    """One line of log.jsonl per optimizer step, and the progress bar's smoothed loss."""
+    bar.update(1)
+    bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2e}")
+    log.write(json.dumps({"step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 2)}) + "\n")
+    log.flush()
+
+
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     """Run (or resume) training; returns the exported pipeline folder. With `until`, stop after that step
     with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue."""
@@ -265,16 +288,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
-    if is_lora:
-        from i2vgen import lora  # peft: an optional extra
-        lora.add_adapter(unet, lora.LoraSettings(**cfg.lora))  # freezes the UNet, adds a trainable adapter
-    else:
-        unet.requires_grad_(True)
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    ema = EMA(unet, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas,
-                                  weight_decay=cfg.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
+    trainable, ema, optimizer, lr_scheduler = setup_optimization(unet, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if (checkpoint := latest_checkpoint(output_dir)) is not None:
@@ -300,11 +314,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
             step += 1
 
             smoothed = total if smoothed is None else 0.98 * smoothed + 0.02 * total
-            bar.update(1)
-            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-            log.write(json.dumps({"step": step, "loss": total, "lr": lr_scheduler.get_last_lr()[0],
-                                  "seconds": round(time.time() - start_time, 2)}) + "\n")
-            log.flush()
+            log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
                 save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
                                 cfg.keep_checkpoints, is_lora)
