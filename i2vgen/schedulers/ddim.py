@@ -14,29 +14,20 @@ import numpy as np
 import torch
 
 from i2vgen.checks import check_real
-from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (SchedulerFolders, check_config, check_num_inference_steps, dynamic_threshold,
-                                        make_betas, spaced_timesteps, train_step)
+from i2vgen.schedulers.schedule import (ScheduleConfig, SchedulerFolders, check_config, check_num_inference_steps,
+                                        dynamic_threshold, make_betas, spaced_timesteps, train_step)
 
 
 @dataclass
-class DDIMSchedulerConfig(Config):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None  # overrides beta_schedule when given
+class DDIMSchedulerConfig(ScheduleConfig):
     clip_sample: bool = True
     set_alpha_to_one: bool = True
-    steps_offset: int = 0
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     clip_sample_range: float = 1.0
     sample_max_value: float = 1.0
     timestep_spacing: str = "leading"
-    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self):
         if self.trained_betas is not None:  # a numpy array or tensor becomes plain floats, so the config saves as JSON

@@ -16,26 +16,19 @@ from dataclasses import dataclass
 
 import torch
 
-from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice,
-                                        check_num_inference_steps, check_config, data_prediction, dynamic_threshold,
-                                        final_sigma, first_step_index, log_snr, sigmas_at, solver_alphas_cumprod,
-                                        solver_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, ScheduleConfig, SchedulerFolders, alpha_sigma_lambda,
+                                        check_choice, check_config, check_num_inference_steps, data_prediction,
+                                        dynamic_threshold, final_sigma, first_step_index, log_snr, sigmas_at,
+                                        solver_alphas_cumprod, solver_timesteps)
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
 
 
 @dataclass
-class DPMSolverMultistepSchedulerConfig(Config):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class DPMSolverMultistepSchedulerConfig(ScheduleConfig):
     solver_order: int = 2
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
@@ -45,9 +38,6 @@ class DPMSolverMultistepSchedulerConfig(Config):
     euler_at_final: bool = False  # first order on the very last step
     final_sigmas_type: str = "zero"  # the last step ends at sigma = 0 ("zero") or at train step 0 ("sigma_min")
     lambda_min_clipped: float = -float("inf")  # cut the schedule where lambda falls below this
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
 
 
 @dataclass

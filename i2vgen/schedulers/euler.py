@@ -17,24 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from i2vgen.loading import Config
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, check_choice, check_config,
-                                        check_num_inference_steps, final_sigma, first_step_index, sigmas_at,
-                                        sigmas_from_alphas_cumprod, solver_alphas_cumprod, spaced_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, ScheduleConfig, SchedulerFolders, check_choice,
+                                        check_config, check_num_inference_steps, final_sigma, first_step_index,
+                                        sigmas_at, sigmas_from_alphas_cumprod, solver_alphas_cumprod,
+                                        spaced_timesteps)
 
 
 @dataclass
-class EulerDiscreteSchedulerConfig(Config):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
+class EulerDiscreteSchedulerConfig(ScheduleConfig):
     final_sigmas_type: str = "zero"
 
 

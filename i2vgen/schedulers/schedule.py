@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from i2vgen.loading import read_config, write_config
+from i2vgen.loading import Config, read_config, write_config
 
 CONFIG_NAME = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -236,6 +236,22 @@ def first_step_index(timesteps: torch.Tensor, timestep) -> int:
 def check_choice(key: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
+
+
+@dataclasses.dataclass
+class ScheduleConfig(Config):
+    """The config keys every scheduler shares: the training noise schedule, what the model predicts, and how
+    inference timesteps are placed on it. Each scheduler's config adds its own keys after these."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None  # overrides beta_schedule when given
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "linspace"
+    steps_offset: int = 0
+    rescale_betas_zero_snr: bool = False
 
 
 def check_config(c) -> None:

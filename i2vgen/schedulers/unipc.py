@@ -16,25 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-from i2vgen.loading import Config
-
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, SchedulerFolders, alpha_sigma_lambda, check_choice,
-                                        check_num_inference_steps, check_config, data_prediction, dynamic_threshold,
-                                        final_sigma, first_step_index, sigmas_at, solver_alphas_cumprod,
-                                        solver_timesteps)
+from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, ScheduleConfig, SchedulerFolders, alpha_sigma_lambda,
+                                        check_choice, check_config, check_num_inference_steps, data_prediction,
+                                        dynamic_threshold, final_sigma, first_step_index, sigmas_at,
+                                        solver_alphas_cumprod, solver_timesteps)
 
 SOLVER_TYPES = ("bh1", "bh2")
 
 
 @dataclass
-class UniPCMultistepSchedulerConfig(Config):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class UniPCMultistepSchedulerConfig(ScheduleConfig):
     solver_order: int = 2
-    prediction_type: str = "epsilon"
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
@@ -42,10 +34,7 @@ class UniPCMultistepSchedulerConfig(Config):
     solver_type: str = "bh2"
     lower_order_final: bool = True  # order min(solver_order, steps left) near the end
     disable_corrector: tuple[int, ...] = ()  # step indices whose result is not corrected
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
     final_sigmas_type: str = "zero"
-    rescale_betas_zero_snr: bool = False
 
 
 @dataclass
