@@ -337,8 +337,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:
         from i2vgen.training.train import main as train_main
 
-        train_main(argv[1:])
-        return 0
+        return train_main(argv[1:])
     if argv[:1] == ["app"]:
         from i2vgen.app import main as app_main
 

@@ -557,3 +557,20 @@ def test_every_torch_load_is_weights_only():
     calls = [(path, line) for folder in ("i2vgen", "scripts", "tests") for path in (ROOT / folder).rglob("*.py")
              for line in path.read_text().splitlines() if "torch.load(" in line and "def " not in line]
     assert calls and all("weights_only=True" in line for _, line in calls), calls
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"max_steps": "10"}', "max_steps must be int"),
+    ('{"learning_rate": [1]}', "learning_rate must be float"),
+    ('{"no_such_key": 1}', "unknown training config keys ['no_such_key']"),
+    ("[1, 2]", "must hold a JSON object"),
+    ("{not json", "is not valid JSON"),
+])
+def test_training_config_errors_name_the_file_and_key(tmp_path, capsys, text, expected):
+    from i2vgen.cli import main
+
+    path = tmp_path / "train.json"
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("i2vgen train: error: ") and str(path) in err and expected in err and "\n" not in err

@@ -1,8 +1,9 @@
 """Training settings: one dataclass whose fields are the keys of the JSON file `i2vgen train --config` reads."""
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from i2vgen.loading import check_config_types, read_json
 
 
 @dataclass
@@ -61,14 +62,17 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
-        data = json.loads(Path(path).read_text())
+        """A training config file. Unreadable JSON, unknown keys and values of the wrong type are one error
+        naming the file (and the key)."""
+        data = read_json(Path(path))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown training config keys {unknown}; known keys: {sorted(known)}")
         for key in ("adam_betas", "directions"):
             if key in data:
-                data[key] = tuple(data[key])
+                data[key] = tuple(data[key]) if isinstance(data[key], list) else data[key]
+        check_config_types(cls, data, str(path))
         return cls(**data)
 
     def to_dict(self) -> dict:

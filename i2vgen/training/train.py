@@ -333,9 +333,15 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields")
     parser.add_argument("--until", type=int, help="stop after this step (with a checkpoint); rerun to continue")
     args = parser.parse_args(argv)
-    out = train(TrainConfig.from_json(args.config), until=args.until)
+    try:
+        cfg = TrainConfig.from_json(args.config)
+    except (OSError, ValueError) as error:  # the config file: one line naming it, not a traceback
+        print(f"i2vgen train: error: {error}", file=sys.stderr)
+        return 2
+    out = train(cfg, until=args.until)
     print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
