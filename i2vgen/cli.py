@@ -272,8 +272,9 @@ def check_memory(pipe, args, height: int, width: int, verbose: bool):
                                               width, guided=args.guidance > 1)
     available = checks.available_bytes(device)
     if verbose:
-        print(f"Memory: at least {needed / 2**30:.2f} GiB beyond the weights; {available / 2**30:.1f} GiB free on "
-              f"{device}", file=sys.stderr)
+        amount = f"{needed / 2**30:.2f} GiB" if needed >= 2**30 else f"{needed / 2**20:.1f} MiB"  # tiny models
+        print(f"Memory: at least {amount} beyond the weights; {available / 2**30:.1f} GiB free on {device}",
+              file=sys.stderr)
     if not getattr(args, "force", False):  # the web app's options have no --force
         checks.check_memory(needed, available, device, "lower --height and --width (memory grows with their "
                             "product) or --frames, or pass --force to try anyway")
