@@ -4,21 +4,25 @@ Public classes keep the reference's (diffusers') calling conventions, so porting
 
     from i2vgen import I2VGenXLPipeline, I2VGenXLUNet, AutoencoderKL, DDIMScheduler
 
+The package has three layers, imports pointing down only (docs/architecture.md, tests/test_layers.py): the core
+(models/, schedulers/, pipelines/ over the shared loading, checks, noise, preprocess and video modules), the
+diffusers-compatible surface (compat/), and the applications (apps/: the command line, the web app, job files).
+
 Imports are lazy: ``import i2vgen`` stays cheap and pulls in transformers only when the pipeline is used.
 """
 
 import importlib
 
 _EXPORTS = {
-    "I2VGenXLUNet": "i2vgen.models.unet",
-    "AutoencoderKL": "i2vgen.models.vae",
+    "I2VGenXLUNet": "i2vgen.compat.models",  # the core class (i2vgen.models.unet) plus diffusers' aliases
+    "AutoencoderKL": "i2vgen.compat.models",
     "DDIMScheduler": "i2vgen.schedulers.ddim",
     "UniPCMultistepScheduler": "i2vgen.schedulers.unipc",
     "DPMSolverMultistepScheduler": "i2vgen.schedulers.dpm_solver",
     "EulerDiscreteScheduler": "i2vgen.schedulers.euler",
     "PowerUniPCScheduler": "i2vgen.schedulers.fast",
     "fast_scheduler": "i2vgen.schedulers.fast",
-    "I2VGenXLPipeline": "i2vgen.pipeline",
+    "I2VGenXLPipeline": "i2vgen.compat.pipeline",  # i2vgen.pipelines.ImageToVideoPipeline plus diffusers' API
 }
 
 __all__ = list(_EXPORTS)

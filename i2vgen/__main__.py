@@ -3,6 +3,6 @@
 
 import sys
 
-from i2vgen.cli import main
+from i2vgen.apps.cli import main
 
 sys.exit(main())

@@ -21,8 +21,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from i2vgen.app import AppModel, Stopped
-from i2vgen.cli import UsageError, main
+from i2vgen.apps.web import AppModel, Stopped
+from i2vgen.apps.cli import main
+from i2vgen.apps.render import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 RED_CIRCLE = ROOT / "assets" / "red_circle.png"
@@ -180,7 +181,7 @@ def server(tmp_path_factory):
     port, log_path = free_port(), folder / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(folder / "gradio")}
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "i2vgen.cli", "app", "--host", "127.0.0.1",
+        process = subprocess.Popen([sys.executable, "-m", "i2vgen.apps.cli", "app", "--host", "127.0.0.1",
                                     "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

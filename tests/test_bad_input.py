@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from i2vgen import I2VGenXLPipeline
-from i2vgen.cli import main, read_image
+from i2vgen.apps.cli import main, read_image
 from i2vgen.loading import read_config
 from i2vgen.preprocess import center_crop_wide, to_pil_images
 from i2vgen.schedulers.ddim import DDIMScheduler
@@ -374,7 +374,7 @@ def test_missing_tokenizer_folder(capsys, out_dir, model):
 def test_non_utf8_prompt(capsys, out_dir):
     line = refused(capsys, out_dir, prompt="caf\udce9", code=2)  # what Python makes of b"caf\xe9" in a UTF-8 locale
     assert line == "i2vgen: error: --prompt is not valid UTF-8 text"
-    result = subprocess.run([sys.executable, "-m", "i2vgen.cli", "generate", "--image", str(IMAGE), "--prompt",
+    result = subprocess.run([sys.executable, "-m", "i2vgen.apps.cli", "generate", "--image", str(IMAGE), "--prompt",
                              b"caf\xe9", "--out", str(out_dir / "v.gif")], capture_output=True, timeout=120,
                             env=os.environ | {"LC_ALL": "C.UTF-8"})
     assert result.returncode == 2 and result.stderr.decode().strip() == "i2vgen: error: --prompt is not valid UTF-8 text"
@@ -459,7 +459,7 @@ def test_cpu_offload_without_an_accelerator(pipe, monkeypatch):
                                   ["--height", "64", "--width", "64", "--frames", "100000"]])
 def test_memory_estimate_refuses_what_cannot_fit(capsys, out_dir, monkeypatch, args):
     """On a machine with 8 GiB free (monkeypatched) both are refused; --force goes on to generate."""
-    from i2vgen import checks
+    from i2vgen.pipelines import memory as checks
 
     monkeypatch.setattr(checks, "available_bytes", lambda device: 8 * 2**30)
     line = refused(capsys, out_dir, *args)
@@ -474,7 +474,7 @@ def test_memory_estimate_refuses_what_cannot_fit(capsys, out_dir, monkeypatch, a
 
 
 def test_memory_estimate_is_printed_and_small_calls_pass(capsys, out_dir, pipe):
-    from i2vgen import checks
+    from i2vgen.pipelines import memory as checks
 
     assert main(["generate", "--image", str(IMAGE), "--prompt", "x", *FAST, "--out", str(out_dir / "v.gif")]) == 0
     assert re.search(r"^Memory: at least [\d.]+ (GiB|MiB) beyond the weights; [\d.]+ GiB free on cpu$",
@@ -567,7 +567,7 @@ def test_every_torch_load_is_weights_only():
     ("{not json", "is not valid JSON"),
 ])
 def test_training_config_errors_name_the_file_and_key(tmp_path, capsys, text, expected):
-    from i2vgen.cli import main
+    from i2vgen.apps.cli import main
 
     path = tmp_path / "train.json"
     path.write_text(text)

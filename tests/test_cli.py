@@ -7,7 +7,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from i2vgen.cli import main
+from i2vgen.apps.cli import main
 
 IMAGE = Path(__file__).resolve().parent.parent / "assets" / "landscape.png"
 FAST = ["--steps", "2", "--frames", "3", "--height", "32", "--width", "32", "--seed", "1"]
@@ -105,7 +105,7 @@ def test_ctrl_c_leaves_no_video(tmp_path, capsys, monkeypatch):
 
 
 def test_help_through_the_entry_module():
-    result = subprocess.run([sys.executable, "-m", "i2vgen.cli", "generate", "--help"],
+    result = subprocess.run([sys.executable, "-m", "i2vgen.apps.cli", "generate", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--image", "--prompt", "--model", "--negative-prompt", "--steps", "--guidance", "--frames",

@@ -23,7 +23,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from i2vgen.cli import EMBEDDED_MODEL, build_parser, load_pipeline, main, read_image, render, save_video
+from i2vgen.apps.cli import build_parser, main, model_options, video_request
+from i2vgen.apps.render import EMBEDDED_MODEL, load_pipeline, read_image, render, save_video
 from i2vgen.distributed import cfg_pairs, process_group
 from i2vgen.pipeline import I2VGenXLPipeline
 
@@ -73,10 +74,11 @@ def sequential_references(tmp_path_factory) -> Path:
     pipe = None
     for job in JOBS:
         args = build_parser().parse_args(["generate", *DEFAULTS, *job_argv(job), "--out", str(folder / job["out"])])
-        pipe = pipe or load_pipeline(args, verbose=False)
+        request = video_request(args)
+        pipe = pipe or load_pipeline(model_options(args), verbose=False)
         pipe.enable_sequential_guidance()
-        args.out.parent.mkdir(exist_ok=True)
-        save_video(render(pipe, args, read_image(args.image), args.seed), args)
+        request.out.parent.mkdir(exist_ok=True)
+        save_video(render(pipe, request, read_image(request.image), request.seed), request)
     return folder
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from i2vgen import DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
-import i2vgen.offload as offload
+import i2vgen.pipelines.offload as offload
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
 IMAGE = PIL.Image.open(DEFAULT_MODEL.parent.parent / "assets" / "landscape.png")

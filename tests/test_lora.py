@@ -253,7 +253,8 @@ def test_lora_training_changes_only_the_adapter_and_resumes_bit_for_bit(tmp_path
 
 
 def test_cli_lora_option(tmp_path, capsys):
-    from i2vgen.cli import EMBEDDED_MODEL, main
+    from i2vgen.apps.cli import main
+    from i2vgen.apps.render import EMBEDDED_MODEL
 
     unet = I2VGenXLUNet.from_pretrained(EMBEDDED_MODEL / "unet")
     _random_adapter(unet)
@@ -282,7 +283,7 @@ def test_cli_lora_option(tmp_path, capsys):
 
 
 def test_the_shipped_demo_lora_fits_the_embedded_model():
-    from i2vgen.cli import EMBEDDED_MODEL
+    from i2vgen.apps.render import EMBEDDED_MODEL
     from i2vgen.training.config import TrainConfig
 
     shipped = EMBEDDED_MODEL.parent / "tiny-demo-lora-diagonal"

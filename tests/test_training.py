@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from i2vgen.clip import CLIPImageProcessor, encode_text
+from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.pipeline import I2VGenXLPipeline

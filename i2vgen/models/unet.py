@@ -16,11 +16,13 @@ float32 (test_blocks checks both, on the CPU), so activations whose squares or e
 float16 stay finite. The timestep and fps sinusoids are computed in float32 and then cast (`_sinusoids`).
 """
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange, repeat
 from torch import nn
 
@@ -125,8 +127,8 @@ def _check_condition_inputs(ctx_dim: int, fps, image_latents, image_embeddings, 
         raise ValueError(f"fps must have 1 or R={rows} values; got {torch.as_tensor(fps).numel()}")
 
 
-def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, raw: dict, condition, timestep_cond,
-                          cross_attention_kwargs):
+def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, condition_inputs: dict, condition,
+                          timestep_cond, cross_attention_kwargs):
     if not isinstance(sample, torch.Tensor) or sample.ndim != 5:
         raise ValueError(f"sample must be a 5-D (B, C, F, H, W) tensor; got shape "
                          f"{getattr(sample, 'shape', type(sample))}")
@@ -142,10 +144,10 @@ def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, raw: dic
     if isinstance(timestep, float) and not math.isfinite(timestep):  # tensors are not read here (fake tensors)
         raise ValueError(f"timestep must be a finite number; got {timestep}")
     expected = (batch, LATENT_CHANNELS, frames, height, width)
-    if condition is None and _shape(raw["image_latents"]) != expected:
+    if condition is None and _shape(condition_inputs["image_latents"]) != expected:
         raise ValueError(f"image_latents must have the shape of sample (B, {LATENT_CHANNELS}, F, H, W) = "
-                         f"{expected}; got {_shape(raw['image_latents'])}")
-    if condition is not None and any(x is not None for x in raw.values()):
+                         f"{expected}; got {_shape(condition_inputs['image_latents'])}")
+    if condition is not None and any(x is not None for x in condition_inputs.values()):
         raise ValueError("pass either condition= or fps/image_latents/image_embeddings/encoder_hidden_states, "
                          "not both")
     if condition is not None and condition.image_latents.shape != sample.shape:
@@ -209,6 +211,7 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
 
         self.conv_norm_out = nn.GroupNorm(norm_groups, channels[0], eps=1e-5)
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
+        self.gradient_checkpointing = None  # the checkpoint function while enabled (enable_gradient_checkpointing)
 
     def _add_condition_encoders(self, c0: int, temb_dim: int):
         """Conditioning: timestep and fps embeddings, context tokens, image-latent features."""
@@ -230,7 +233,7 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
             nn.Conv2d(in_ch * 4, in_ch, 3, padding=1))
         self.image_latents_temporal_encoder = ImageLatentTemporalEncoder(in_ch, heads=2, head_dim=in_ch)
 
-    # ---- switches; the rest of diffusers' model API (processors, fused QKV, sizes) is in model_api.py ----
+    # ---- switches (attention processors and fused QKV: model_api.py) ----
 
     def enable_freeu(self, s1: float, s2: float, b1: float, b2: float):
         """FreeU (Si et al. 2023, models/freeu.py) in up blocks 0 and 1: half the backbone channels x b1 / b2,
@@ -242,9 +245,26 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         for block in self.up_blocks:
             block.s1 = block.s2 = block.b1 = block.b2 = None
 
-    def _checkpointed_blocks(self) -> list[nn.Module]:
-        """The units enable_gradient_checkpointing recomputes: each down, mid and up block."""
-        return [*self.down_blocks, self.mid_block, *self.up_blocks]
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None):
+        """Keep only each down, mid and up block's inputs during training and recompute its activations in the
+        backward pass: activation memory drops to about the blocks' inputs, for about one more forward pass of
+        time. Same outputs and gradients. `gradient_checkpointing_func(function, *args)` replaces
+        torch.utils.checkpoint.checkpoint (non-reentrant) if given. No effect without autograd (sampling)."""
+        self.gradient_checkpointing = gradient_checkpointing_func or functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+    def disable_gradient_checkpointing(self):
+        self.gradient_checkpointing = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing is not None
+
+    def _run_block(self, block: nn.Module, *args):
+        """block(*args); under activation checkpointing while gradients are recorded with it enabled."""
+        if self.gradient_checkpointing is not None and torch.is_grad_enabled():
+            return self.gradient_checkpointing(block, *args)
+        return block(*args)
 
     def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0):
         """Run the per-frame layers `chunk_size` frames at a time (default 1) and the temporal transformer
@@ -311,21 +331,23 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         rows of context (see UNetCondition) gives k * B predictions. `timestep_cond` and
         `cross_attention_kwargs` exist for signature compatibility; anything but None is an error.
         """
-        raw = dict(fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
-                   encoder_hidden_states=encoder_hidden_states)
-        _check_forward_inputs(self.config, sample, timestep, raw, condition, timestep_cond, cross_attention_kwargs)
+        condition_inputs = dict(fps=fps, image_latents=image_latents, image_embeddings=image_embeddings,
+                                encoder_hidden_states=encoder_hidden_states)
+        _check_forward_inputs(self.config, sample, timestep, condition_inputs, condition, timestep_cond,
+                              cross_attention_kwargs)
         if condition is None:
-            condition = self.encode_condition(**raw)
-        out = self._denoise(sample, timestep, condition)
+            condition = self.encode_condition(**condition_inputs)
+        out = self._predict(sample, timestep, condition)
         return UNet3DConditionOutput(sample=out) if return_dict else (out,)
 
-    def _denoise(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
+    def _predict(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
+        """Stages 1 and 5-9: the prediction (v for the released model) for every row of the condition."""
         batch, _, frames, _, _ = sample.shape
-        copies = condition.context.shape[0] // batch  # context rows per sample (2 with guidance, see UNetCondition)
+        rows_per_sample = condition.context.shape[0] // batch  # 2 with guidance (see UNetCondition)
 
         # 1. Time: sinusoids -> MLP, plus the fps embedding (stage 2), one copy per frame.
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(copies))) + condition.fps_emb
+        emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(rows_per_sample))) + condition.fps_emb
         emb = repeat(emb, "r d -> (r f) d", f=frames)
         # 3. Context tokens (from the condition): one row per video, shared by its frames' cross-attention.
         context = condition.context
@@ -336,23 +358,23 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         x = torch.cat([sample, condition.image_latents], dim=1)
         x = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))
         x = self.transformer_in(x, num_frames=frames)
-        x = x.repeat(copies, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the context's rows
+        x = x.repeat(rows_per_sample, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the context's rows
 
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
         for block in self.down_blocks:
-            x, block_skips = block(x, emb, frames, context)
+            x, block_skips = self._run_block(block, x, emb, frames, context)
             skips.extend(block_skips)
 
         # 7. Mid.
-        x = self.mid_block(x, emb, frames, context)
+        x = self._run_block(self.mid_block, x, emb, frames, context)
 
         # 8. Up: each block takes as many skips as it has layers, and upsamples to the next skip's size
         # (so latent sizes that are not multiples of 2^levels come back to their size).
         for block in self.up_blocks:
             block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
             upsample_size = skips[-1].shape[-2:] if block.upsamplers is not None else None
-            x = block(x, block_skips, emb, frames, context, upsample_size)
+            x = self._run_block(block, x, block_skips, emb, frames, context, upsample_size)
 
         # 9. Out.
         x = self.conv_out(F.silu(self.conv_norm_out(x)))

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from i2vgen.clip import CLIPImageProcessor, encode_text
+from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text
 from i2vgen.loading import save_components
 from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.models.vae import AutoencoderKL

@@ -36,7 +36,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
-from i2vgen.pipeline import I2VGenXLPipeline
+from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 

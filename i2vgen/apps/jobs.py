@@ -9,40 +9,36 @@ ones. A bad job (a missing image, an unknown key) fails alone: its one-line reas
 DIR/failures.jsonl, and the others go on.
 """
 
-import argparse
+import dataclasses
 import json
 import random
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from i2vgen import cli
+from i2vgen.apps.render import ModelOptions, UsageError, VideoRequest, load_pipeline, read_image, render, save_video
 from i2vgen.distributed import CFGParallel, Launch, cfg_pairs, process_group, shard
 from i2vgen.video import _atomic_path, exit_on_sigterm
 
 # Set once for the run on the command line: each process loads one pipeline and plays one part.
-RUN_WIDE = {"model", "variant", "dtype", "device", "jobs", "out_dir", "cfg_parallel"}
+RUN_WIDE = {"model", "variant", "dtype", "device", "lora", "jobs", "out_dir", "cfg_parallel"}
 # Errors of a job's input. In a CFG-parallel pair both processes meet them alike (same job, same checks), so
 # the pair can fail that job and go on together; any other error stops the run (a rerun resumes it).
-BAD_INPUT = (cli.UsageError, ValueError, TypeError, OSError)
+BAD_INPUT = (UsageError, ValueError, TypeError, OSError)
 FAILURES = "failures.jsonl"
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    """The command's parser, with a bad option reported as the job's error instead of an exit."""
-
-    def error(self, message):
-        raise cli.UsageError(message)
+FIELD_TYPES = {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+               for name, hint in typing.get_type_hints(VideoRequest).items()}  # int | None -> int
 
 
 @dataclass
 class Job:
     line: int  # 1-based line of the job file
     spec: dict | str  # the JSON object, or the line when it is not one
-    args: argparse.Namespace | None = None  # generate's options for this video
+    request: VideoRequest | None = None  # the video it asks for
     error: str | None = None  # why it cannot run
 
     @property
@@ -55,45 +51,53 @@ class Job:
                 "reason": reason, "job": self.spec}
 
 
-def job_options(spec: dict, argv: list[str], out_dir: Path, known: set[str]) -> argparse.Namespace:
-    """generate's options for one job: the command line `argv`, then the job's keys as if appended to it.
-    `known`: the option names (argparse dests)."""
-    extra = []
+def job_value(key: str, value):
+    """A job's JSON value as the VideoRequest field `key` holds it (messages as the command line's parser)."""
+    option, kind = "--" + key.replace("_", "-"), FIELD_TYPES[key]
+    if kind is bool:  # a flag: true sets it
+        if value is True:
+            return True
+        raise UsageError(f"argument {option}: ignored explicit argument {str(value)!r}")
+    if value is True:
+        raise UsageError(f"argument {option}: expected one argument")
+    try:
+        return kind(str(value))  # as the command line's parser reads `--key=value`
+    except ValueError:
+        raise UsageError(f"argument {option}: invalid {kind.__name__} value: {str(value)!r}") from None
+
+
+def job_request(spec: dict, defaults: VideoRequest, out_dir: Path) -> VideoRequest:
+    """The video one job asks for: `defaults` (the command line's options) with the job's keys in their place;
+    null or false keeps the default."""
+    fields = {f.name for f in dataclasses.fields(VideoRequest)}
     for key, value in spec.items():
         dest = key.replace("-", "_")
         if dest in RUN_WIDE:
-            raise cli.UsageError(f'"{key}" is set once for the whole run, on the command line')
-        if dest not in known or dest == "command":
-            raise cli.UsageError(f'unknown key "{key}" (the keys are generate\'s long options without the dashes)')
-        option = "--" + dest.replace("_", "-")
-        if value is None or value is False:  # null: the command line's value
-            continue
-        if value is True:  # a flag
-            extra.append(option)
-        elif isinstance(value, (str, int, float)):
-            extra.append(f"{option}={value}")  # "=": a value may start with a dash
-        else:
-            raise cli.UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
+            raise UsageError(f'"{key}" is set once for the whole run, on the command line')
+        if dest not in fields:
+            raise UsageError(f'unknown key "{key}" (the keys are generate\'s long options without the dashes)')
+        if not (value is None or isinstance(value, (bool, str, int, float))):
+            raise UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
     if spec.get("out") is None:
-        raise cli.UsageError('no "out": each job names its video, a path relative to --out-dir')
-    args = cli.build_parser(_RaisingParser).parse_args([*argv, *extra])
-    if args.out.is_absolute() or ".." in args.out.parts:
-        raise cli.UsageError(f'"out" must be a path inside --out-dir, got {args.out}')
-    args.out = out_dir / args.out
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    cli.check_args(args)
-    return args
+        raise UsageError('no "out": each job names its video, a path relative to --out-dir')
+    values = {key.replace("-", "_"): value for key, value in spec.items() if value is not None and value is not False}
+    request = dataclasses.replace(defaults, **{key: job_value(key, value) for key, value in values.items()})
+    if request.out.is_absolute() or ".." in request.out.parts:
+        raise UsageError(f'"out" must be a path inside --out-dir, got {request.out}')
+    request.out = out_dir / request.out
+    request.out.parent.mkdir(parents=True, exist_ok=True)
+    request.check()
+    return request
 
 
-def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
+def read_jobs(path: Path, defaults: VideoRequest, out_dir: Path) -> list[Job]:
     """Every non-blank line of the job file as a Job; the ones that cannot run carry their error."""
-    known = set(vars(cli.build_parser().parse_args(argv)))
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise cli.UsageError(f"job file not found: {path}") from None
+        raise UsageError(f"job file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise cli.UsageError(f"cannot read job file {path}: {error}") from None
+        raise UsageError(f"cannot read job file {path}: {error}") from None
     jobs, first_of = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -106,13 +110,13 @@ def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
         job = Job(number, spec)
         try:
             if not isinstance(spec, dict):
-                raise cli.UsageError(f"a job is a JSON object {{...}}, got {line.strip()[:40]}")
-            job.args = job_options(spec, argv, out_dir, known)
-            if job.args.out in first_of:
-                raise cli.UsageError(f'"out" {spec["out"]} is also line {first_of[job.args.out]}\'s')
-            first_of[job.args.out] = number
-        except cli.UsageError as error:
-            job.args, job.error = None, str(error)
+                raise UsageError(f"a job is a JSON object {{...}}, got {line.strip()[:40]}")
+            job.request = job_request(spec, defaults, out_dir)
+            if job.request.out in first_of:
+                raise UsageError(f'"out" {spec["out"]} is also line {first_of[job.request.out]}\'s')
+            first_of[job.request.out] = number
+        except UsageError as error:
+            job.request, job.error = None, str(error)
         jobs.append(job)
     return jobs
 
@@ -120,8 +124,8 @@ def read_jobs(path: Path, argv: list[str], out_dir: Path) -> list[Job]:
 def plan(jobs: list[Job]) -> dict:
     """Rank 0's view, sent to all: the jobs to render (their video is not there yet) and a seed for each job
     that has none (both processes of a pair must use the same)."""
-    pending = [i for i, job in enumerate(jobs) if job.error is None and not job.args.out.exists()]
-    return {"pending": pending, "seeds": {i: random.randrange(2**31) for i in pending if jobs[i].args.seed is None}}
+    pending = [i for i, job in enumerate(jobs) if job.error is None and not job.request.out.exists()]
+    return {"pending": pending, "seeds": {i: random.randrange(2**31) for i in pending if jobs[i].request.seed is None}}
 
 
 def my_share(jobs: list[Job], pending: list[int], launch: Launch, exchange: CFGParallel | None) -> list:
@@ -129,8 +133,8 @@ def my_share(jobs: list[Job], pending: list[int], launch: Launch, exchange: CFGP
     in turn and the unguided ones to the processes in turn."""
     if exchange is None:
         return [(i, None) for i in shard(pending, launch.world_size, launch.rank)]
-    guided = [i for i in pending if jobs[i].args.guidance > 1]
-    unguided = [i for i in pending if jobs[i].args.guidance <= 1]
+    guided = [i for i in pending if jobs[i].request.guidance > 1]
+    unguided = [i for i in pending if jobs[i].request.guidance <= 1]
     return ([(i, exchange.half) for i in shard(guided, launch.world_size // 2, launch.rank // 2)]
             + [(i, None) for i in shard(unguided, launch.world_size, launch.rank)])
 
@@ -144,16 +148,16 @@ def render_share(pipe, jobs: list[Job], share: list, seeds: dict, exchange, laun
         start = time.perf_counter()
         pipe.enable_cfg_parallel(exchange if half is not None else None)
         try:
-            image = cli.read_image(job.args.image)
-            seed = seeds.get(i, job.args.seed)
-            frames = cli.render(pipe, job.args, image, seed, output_type="np" if writes else "latent")
+            image = read_image(job.request.image)
+            seed = seeds.get(i, job.request.seed)
+            frames = render(pipe, job.request, image, seed, output_type="np" if writes else "latent")
             if writes:
-                cli.save_video(frames, job.args)
+                save_video(frames, job.request)
         except Exception as error:  # noqa: BLE001 - a job fails alone, whatever its error
             if half is not None and not isinstance(error, BAD_INPUT):
                 raise  # the partner may be waiting in the exchange: stop, and let the rerun resume
             if writes:
-                reason = str(error) if isinstance(error, cli.UsageError) else f"{type(error).__name__}: {error}"
+                reason = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
                 results.append(job.failure(" ".join(reason.split())))
             continue
         if writes:
@@ -168,24 +172,20 @@ def write_failures(path: Path, failures: list[dict]):
         Path(tmp).write_text("".join(json.dumps(failure) + "\n" for failure in failures), encoding="utf-8")
 
 
-def run_jobs(args, argv: list[str]) -> int:
-    """The --jobs run; returns the exit status (1 when a job failed)."""
-    if args.jobs is None or args.out_dir is None:
-        raise cli.UsageError("--jobs FILE and --out-dir DIR go together")
-    if any(arg == "--out" or arg.startswith("--out=") for arg in argv):
-        raise cli.UsageError('with --jobs each job names its video: "out" in the job, relative to --out-dir')
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise cli.UsageError(f"--out-dir is not a folder: {args.out_dir}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = read_jobs(args.jobs, argv, args.out_dir)
+def run_jobs(path: Path, out_dir: Path, options: ModelOptions, defaults: VideoRequest, cfg_parallel: bool) -> int:
+    """Render the job file `path` into `out_dir`; returns the exit status (1 when a job failed)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir is not a folder: {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = read_jobs(path, defaults, out_dir)
     # torchrun stops the other processes with SIGTERM when one fails: exit through Python, removing temp files
-    with exit_on_sigterm(), process_group(args.device) as launch:
-        if args.cfg_parallel and launch.world_size % 2:
-            raise cli.UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
+    with exit_on_sigterm(), process_group(options.device) as launch:
+        if cfg_parallel and launch.world_size % 2:
+            raise UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
                                  f"(torchrun --nproc-per-node 2 ...), got {launch.world_size}")
         todo = launch.broadcast(plan(jobs) if launch.is_main else None)
-        exchange = cfg_pairs(launch) if args.cfg_parallel else None
-        unguided = [jobs[i].name for i in todo["pending"] if jobs[i].args.guidance <= 1]
+        exchange = cfg_pairs(launch) if cfg_parallel else None
+        unguided = [jobs[i].name for i in todo["pending"] if jobs[i].request.guidance <= 1]
         if exchange is not None and unguided and launch.is_main:
             print(f"i2vgen: warning: --cfg-parallel: {len(unguided)} job(s) have guidance <= 1, nothing to split; "
                   f"they are shared out one per process ({', '.join(unguided[:3])}...)", file=sys.stderr)
@@ -193,13 +193,13 @@ def run_jobs(args, argv: list[str]) -> int:
         load_start = time.perf_counter()
         pipe = None
         if share:  # a rerun with every video there loads no model
-            pipe = cli.load_pipeline(args, launch.device, verbose=launch.is_main)
+            pipe = load_pipeline(options, launch.device, verbose=launch.is_main)
             pipe.set_progress_bar_config(disable=True)  # one bar per process, over its videos
         loaded = time.perf_counter()
         results = launch.gather(render_share(pipe, jobs, share, todo["seeds"], exchange, launch))
         if not launch.is_main:
             return 0
-        return summarize(jobs, todo, results, args.out_dir, time.perf_counter() - loaded,
+        return summarize(jobs, todo, results, out_dir, time.perf_counter() - loaded,
                          loaded - load_start, launch.world_size)
 
 

@@ -12,6 +12,7 @@ Gradio's analytics are off and its default theme's fonts are served by the app i
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import random
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from i2vgen.cli import DTYPES, EMBEDDED_MODEL, UsageError, load_pipeline, read_image, render, save_video
+from i2vgen.apps.render import (DTYPES, EMBEDDED_MODEL, ModelOptions, UsageError, VideoRequest, load_pipeline,
+                                read_image, render, save_video)
 
 ASSETS = EMBEDDED_MODEL.parent.parent / "assets"
 EXAMPLES = [  # the demo's first frames, with a prompt each
@@ -81,7 +83,7 @@ class AppModel:
     def __init__(self, model: str | None = None, variant: str | None = None, device: str | None = None,
                  dtype: str | None = None):
         # The run-wide options of `i2vgen generate`, loaded as it loads them.
-        self.options = argparse.Namespace(model=model, variant=variant, device=device, dtype=dtype)
+        self.options = ModelOptions(model=model, variant=variant, device=device, dtype=dtype)
         self.pipe = load_pipeline(self.options, verbose=False)
         self.settings = model_settings(self.pipe, embedded=model is None)
         self.out_dir = Path(tempfile.mkdtemp(prefix="i2vgen-app-"))
@@ -125,10 +127,10 @@ class AppModel:
         if sampler not in sampler_names():
             raise UsageError(f"Sampler must be one of {', '.join(sampler_names())}, got {sampler!r}")
         seed, steps = int(seed), values["steps"]
-        # The video's options as `i2vgen generate` holds them: rendered and saved by the same code.
-        video = argparse.Namespace(prompt=prompt, negative_prompt=negative_prompt or None, eta=0.0,
-                                   scheduler=sampler, **values,
-                                   out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
+        # The video as `i2vgen generate` would make it: rendered and saved by the same code.
+        video = VideoRequest(image=image["path"], prompt=prompt, negative_prompt=negative_prompt or None,
+                             scheduler=sampler, seed=seed, **values,
+                             out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
 
         def on_step_end(pipe, step, t, tensors):
             if self._stopped_at.get(session, -1.0) > requested:
@@ -146,9 +148,10 @@ class AppModel:
         save_video(frames, video)
         return video.out, seed, self.command(name, video, seed)
 
-    def command(self, image_name: str, video: argparse.Namespace, seed: int) -> str:
+    def command(self, image_name: str, video: VideoRequest, seed: int) -> str:
         """The `i2vgen generate` command that makes the same video."""
-        options = {**vars(self.options), **vars(video), "image": image_name, "seed": seed, "out": "video.mp4"}
+        options = {**dataclasses.asdict(self.options), **dataclasses.asdict(video), "image": image_name, "seed": seed,
+                   "out": "video.mp4"}
         if options["scheduler"] == "ddim":  # the default
             options["scheduler"] = None
         args = ["i2vgen", "generate"]

@@ -1,23 +1,24 @@
-"""The rest of diffusers' pipeline API, so code written for the reference runs unchanged.
+"""`I2VGenXLPipeline`: the core pipeline (i2vgen/pipelines/) plus the rest of diffusers' pipeline API, so code
+written for the reference runs unchanged.
 
-`I2VGenXLPipeline` inherits these. Each method keeps the reference's name and signature; where the reference's
-method has nothing to do here, the docstring says why and the call warns instead of pretending.
-Grouped as the reference documents them: components, memory switches, output-changing switches, progress.
+Each method keeps the reference's name and signature; where the reference's method has nothing to do here, the
+docstring says why and the call warns instead of pretending. Nothing in the core calls these: deleting this file
+(and pointing `i2vgen.I2VGenXLPipeline` at `ImageToVideoPipeline`) leaves the call as it is.
+Grouped as the reference documents them: components, memory switches, output-changing switches, LoRA.
 """
 
-import contextlib
 import inspect
 import warnings
 
-import torch
-from tqdm.auto import tqdm
-
-from i2vgen import offload
-from i2vgen.checks import check_device
+from i2vgen.compat.models import AutoencoderKL, I2VGenXLUNet
+from i2vgen.pipelines import ImageToVideoPipeline
 
 
-class DiffusersPipelineAPI:
-    """Mixin for I2VGenXLPipeline: needs `self.unet`, `self.vae`, `self.models` and the constructor's components."""
+class I2VGenXLPipeline(ImageToVideoPipeline):
+    """Image-to-video generation with I2VGen-XL, with diffusers' `I2VGenXLPipeline` API: porting code means
+    changing the import. The call, loading and the memory switches are ImageToVideoPipeline's."""
+
+    unet_class, vae_class = I2VGenXLUNet, AutoencoderKL  # with diffusers' model API aliases (compat/models.py)
 
     # ---- components ----
 
@@ -44,72 +45,9 @@ class DiffusersPipelineAPI:
 
     # ---- memory switches: none of them changes the output ----
 
-    # ---- model offload: each model visits the execution device only while it runs ----
-
-    def enable_model_cpu_offload(self, device=None):
-        """Keep every model on the CPU and move each to `device` (default: the accelerator, e.g. cuda) only while
-        it runs. Also switches on the UNet's forward chunking (`unet.enable_forward_chunking()`: its layers run on
-        slices of frames, same output)."""
-        if device is None:
-            device = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-            if device is None:
-                raise ValueError("enable_model_cpu_offload moves models to an accelerator between uses, and this "
-                                 "machine has none; run on the CPU without it, or pass device=")
-        device = check_device(device)
-        self._remove_sequential_offload()
-        self._offload_device = device
-        self.to("cpu")
-        self.unet.enable_forward_chunking()
-
-    @property
-    def execution_device(self) -> torch.device:
-        return self._offload_device or self.device
-
-    @contextlib.contextmanager
-    def _running(self, model: torch.nn.Module):
-        """Place `model` on the execution device for the block (a no-op without CPU offload)."""
-        if self._offload_device is None or getattr(self, "_sequential_hooks", None):  # none, or per layer
-            yield model
-            return
-        model.to(self._offload_device)
-        try:
-            yield model
-        finally:
-            model.to("cpu")
-
-    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str = "cuda"):
-        """Keep every weight on the CPU and move each layer's weights to `device` only while that layer runs
-        (see i2vgen/offload.py): the least GPU memory, and by far the slowest; prefer
-        `enable_model_cpu_offload`. `gpu_id` picks the GPU, as in the reference."""
-        device = torch.device(device)
-        if gpu_id is not None:
-            device = torch.device(device.type, gpu_id)
-        device = check_device(device)
-        self._offload_device = device
-        self._remove_sequential_offload()
-        self._sequential_hooks = [handle for model in self.models for handle in offload.attach(model, device)]
-
-    def _remove_sequential_offload(self):
-        offload.detach(getattr(self, "_sequential_hooks", []))
-
     def maybe_free_model_hooks(self):
         """Nothing to free here: with model CPU offload each model goes back to the CPU as soon as it has run
         (the reference needs this call to undo the hooks of a call that ended early). Kept so ported code runs."""
-
-    def enable_vae_slicing(self):
-        """Decode (and encode) one image at a time instead of the whole batch."""
-        self.vae.enable_slicing()
-
-    def disable_vae_slicing(self):
-        self.vae.disable_slicing()
-
-    def enable_vae_tiling(self):
-        """Decode (and encode) in overlapping spatial tiles, blended across the overlap: memory for large frames
-        stays bounded, at the cost of small differences near tile seams (the reference's behaviour)."""
-        self.vae.enable_tiling()
-
-    def disable_vae_tiling(self):
-        self.vae.disable_tiling()
 
     def enable_attention_slicing(self, slice_size: int | str | None = "auto"):
         """Has no effect, and warns. Attention here is one `torch.nn.functional.scaled_dot_product_attention`
@@ -154,39 +92,29 @@ class DiffusersPipelineAPI:
             if wanted:
                 model.unfuse_qkv_projections()
 
-    # ---- progress ----
-
-    def progress_bar(self, iterable=None, total=None):
-        """A tqdm bar over `iterable` (or of `total` steps) with the options of `set_progress_bar_config`."""
-        if iterable is not None:
-            return tqdm(iterable, **self._progress_bar_config)
-        if total is not None:
-            return tqdm(total=total, **self._progress_bar_config)
-        raise ValueError("progress_bar needs an iterable or a total")
-
-    # ---- LoRA adapters in the UNet (i2vgen/lora.py, needs peft; the names are diffusers') ----
+    # ---- LoRA adapters in the UNet (i2vgen/lora.py, needs peft when used; the names are diffusers') ----
 
     def load_lora_weights(self, pretrained_model_name_or_path, adapter_name=None, weight_name=None) -> str:
         """Load a UNet LoRA (a pytorch_lora_weights.safetensors file, or the folder holding it or `weight_name`)
         and make it active beside the active ones, at weight 1. Returns its name ("default_<n>" if not given)."""
-        from . import lora
+        from i2vgen import lora  # needs peft, an optional extra
         return lora.load_lora_weights(self.unet, pretrained_model_name_or_path, adapter_name, weight_name)
 
     def set_adapters(self, adapter_names, adapter_weights=None):
         """Make exactly these adapters active, each with its weight (default 1.0)."""
-        from . import lora
+        from i2vgen import lora  # needs peft, an optional extra
         lora.set_adapters(self.unet, adapter_names, adapter_weights)
 
     def fuse_lora(self, lora_scale: float = 1.0, adapter_names=None):
         """Add the active adapters (times lora_scale) into the UNet's weights; `unfuse_lora` restores them exactly."""
-        from . import lora
+        from i2vgen import lora  # needs peft, an optional extra
         lora.fuse_lora(self.unet, lora_scale, adapter_names)
 
     def unfuse_lora(self):
-        from . import lora
+        from i2vgen import lora  # needs peft, an optional extra
         lora.unfuse_lora(self.unet)
 
     def unload_lora_weights(self):
         """Remove every adapter: the UNet is the plain loaded one again, bit for bit."""
-        from . import lora
+        from i2vgen import lora  # needs peft, an optional extra
         lora.unload_lora_weights(self.unet)

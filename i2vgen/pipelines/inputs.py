@@ -1,0 +1,71 @@
+"""The pipeline call's input checks (`ImageToVideoPipeline.__call__` step 1, and before decoding): one clear
+error naming the argument for anything the call cannot use."""
+
+import inspect
+
+import torch
+
+from i2vgen.checks import check_int, check_real, check_text
+from i2vgen.preprocess import OUTPUT_TYPES
+
+
+def batch_size(num_prompts: int, num_images: int, num_videos_per_prompt: int, generator) -> int:
+    """B = P x num_videos_per_prompt, once the images and generators are checked against it."""
+    batch = num_prompts * num_videos_per_prompt
+    if num_images not in (1, num_prompts):
+        raise ValueError(f"got {num_images} images for {num_prompts} prompts: pass one image or one per prompt")
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for {batch} videos: pass one, or one per video")
+    return batch
+
+
+def check_call(scheduler, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
+               prompt_embeds, negative_prompt_embeds, output_type, eta):
+    """The pipeline call's arguments that need no model: sizes, counts, texts and their pairing, output type."""
+    for name, value in (("height", height), ("width", width)):
+        if check_int(name, value, 8) % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
+    check_int("num_frames", num_frames, 1)
+    check_int("num_inference_steps", num_inference_steps, 1)
+    if image is None:
+        raise ValueError("image is required: the first frame of the video is generated from it")
+    if (prompt is None) == (prompt_embeds is None):
+        raise ValueError("pass exactly one of prompt and prompt_embeds")
+    for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if texts is None:
+            continue
+        if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
+            raise TypeError(f"{name} must be a string or a non-empty list of strings, got {texts!r}")
+        for text in [texts] if isinstance(texts, str) else texts:
+            check_text(f"{name} entries" if isinstance(texts, list) else name, text)
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+    if (prompt_embeds is not None and negative_prompt_embeds is not None
+            and prompt_embeds.shape != negative_prompt_embeds.shape):
+        raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                         f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if eta and "eta" not in inspect.signature(scheduler.step).parameters:
+        raise ValueError(f"eta applies only to DDIMScheduler; {type(scheduler).__name__} has no eta "
+                         "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
+
+
+def check_call_numbers(text_encoder_layers: int, target_fps, guidance_scale, eta, num_videos_per_prompt,
+                       decode_chunk_size, clip_skip):
+    check_int("target_fps", target_fps, 1, 1000)
+    check_real("guidance_scale", guidance_scale)
+    check_real("eta", eta, 0.0, 1.0)
+    check_int("num_videos_per_prompt", num_videos_per_prompt, 1)
+    if decode_chunk_size is not None:
+        check_int("decode_chunk_size", decode_chunk_size, 1)
+    if clip_skip is not None:  # clip_skip = number of layers: the embeddings, before any layer
+        check_int("clip_skip", clip_skip, 0, text_encoder_layers)
+
+
+def check_finite_latents(latents: torch.Tensor) -> None:
+    """Decoding NaN or infinite latents gives a black video; stop with the likely causes instead."""
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError("the denoised latents hold NaN or infinite values, so no video was decoded; "
+                                 "likely causes: non-finite model weights or inputs, or float16 overflow (try "
+                                 "float32)")
