@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from i2vgen.models.attention import MIN_FF_CHUNK_ELEMENTS, Attention, FeedForward
+from i2vgen.models.attention import Attention, FeedForward
+from i2vgen.models.chunking import MIN_FF_CHUNK_ELEMENTS
 from i2vgen.models.embeddings import timestep_embedding
 from i2vgen.models.resnet import Downsample2D, FrameConv, ResnetBlock2D, TemporalConvLayer, Upsample2D
 from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalModel
@@ -101,14 +102,13 @@ def test_chunked_feed_forward_equals_one_pass():
 @torch.no_grad()
 def test_vae_style_attention_normalises_and_adds_the_input():
     torch.manual_seed(0)
-    attn = Attention(8, heads=1, head_dim=8, bias=True, norm_num_groups=2, eps=1e-6,
-                     residual_connection=True, rescale_output_factor=2.0)
+    attn = Attention(8, heads=1, head_dim=8, bias=True, norm_num_groups=2, eps=1e-6, residual_connection=True)
     x = torch.randn(2, 5, 8)
     normed = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
     plain = Attention(8, heads=1, head_dim=8, bias=True)
     plain.load_state_dict({k: v for k, v in attn.state_dict().items() if not k.startswith("group_norm")})
     # Identical float32 operations on both sides.
-    assert torch.equal(attn(x), (plain(normed) + x) / 2.0)
+    assert torch.equal(attn(x), plain(normed) + x)
 
 
 def test_downsample_and_upsample_sizes():
@@ -120,12 +120,12 @@ def test_downsample_and_upsample_sizes():
 
 
 @torch.no_grad()
-def test_resnet_block_without_residual_branch_is_scaled_identity():
-    block = ResnetBlock2D(8, 8, temb_channels=4, groups=2, output_scale_factor=2.0)
+def test_resnet_block_without_residual_branch_is_identity():
+    block = ResnetBlock2D(8, 8, temb_channels=4, groups=2)
     torch.nn.init.zeros_(block.conv2.weight)
     torch.nn.init.zeros_(block.conv2.bias)
     x = torch.randn(3, 8, 5, 4)
-    assert block.conv_shortcut is None and torch.equal(block(x, torch.randn(3, 4)), x / 2.0)
+    assert block.conv_shortcut is None and torch.equal(block(x, torch.randn(3, 4)), x)
     assert ResnetBlock2D(8, 16, groups=2).conv_shortcut is not None
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from i2vgen.models.chunking import feed_forward_rows
+
 
 class AttnProcessor:
     """The default attention step: processor(attn, query, key, value) -> out, all (B, heads, N, head_dim).
@@ -30,7 +32,7 @@ class Attention(nn.Module):
 
     Self-attention when `encoder_hidden_states` is None, cross-attention to it otherwise.
     The VAE variant normalises the tokens with a GroupNorm first and adds the input back at the end
-    (`residual_connection`), dividing by `rescale_output_factor`.
+    (`residual_connection`).
     `processor` computes the attention from the split heads (AttnProcessor unless set otherwise);
     `fuse_projections` computes q, k, v (self-attention) or k, v (cross-attention) with one matrix product.
     """
@@ -47,8 +49,6 @@ class Attention(nn.Module):
         norm_num_groups: int | None = None,
         eps: float = 1e-5,
         residual_connection: bool = False,
-        rescale_output_factor: float = 1.0,
-        dropout: float = 0.0,
     ):
         super().__init__()
         inner_dim = heads * head_dim
@@ -56,13 +56,12 @@ class Attention(nn.Module):
         self.heads = heads
         self.is_cross_attention = cross_attention_dim is not None
         self.residual_connection = residual_connection
-        self.rescale_output_factor = rescale_output_factor
 
         self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
         self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
         self.to_k = nn.Linear(context_dim, inner_dim, bias=bias)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias)])  # key: to_out.0
         self.processor = AttnProcessor()
         # fuse_projections() fills these; non-persistent, so the state dict (and saved files) never hold them
         self.register_buffer("fused_weight", None, persistent=False)
@@ -98,11 +97,8 @@ class Attention(nn.Module):
         out = self.processor(self, q, k, v)  # softmax(q k^T / sqrt(d)) v, by default (AttnProcessor)
         del q, k, v  # dead from here: freed before the output projection, not after it
         out = rearrange(out, "b h n d -> b n (h d)")
-        out = self.to_out[1](self.to_out[0](out))
-
-        if self.residual_connection:
-            out = out + residual
-        return out / self.rescale_output_factor
+        out = self.to_out[0](out)
+        return out + residual if self.residual_connection else out
 
 
 class GEGLU(nn.Module):
@@ -128,32 +124,23 @@ class GELU(nn.Module):
         return F.gelu(self.proj(x))
 
 
-# Feed-forward rows are independent, so running them in chunks is exact. The chunks bound the hidden activation
-# (the UNet's largest tensor, in transformer_in) to 1/8 of its size, but are never below 2**21 elements.
-MAX_FF_CHUNKS, MIN_FF_CHUNK_ELEMENTS = 8, 2 ** 21
-
-
 class FeedForward(nn.Module):
-    """Position-wise MLP: activation projection to `mult * dim`, dropout, linear back to `dim_out`.
+    """Position-wise MLP: activation projection to 4 * dim, linear back to dim.
 
     `activation_fn` is "geglu" (spatial and temporal transformer blocks) or "gelu" (the image-latent
     temporal encoder). Keys: `net.0.proj`, `net.2`.
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, activation_fn: str = "geglu",
-                 dropout: float = 0.0):
+    def __init__(self, dim: int, activation_fn: str = "geglu"):
         super().__init__()
         activations = {"geglu": GEGLU, "gelu": GELU}
         if activation_fn not in activations:
             raise ValueError(f"activation_fn must be one of {sorted(activations)}, got {activation_fn!r}")
-        inner_dim = int(dim * mult)
         self.net = nn.Sequential(
-            activations[activation_fn](dim, inner_dim),
-            nn.Dropout(dropout),
-            nn.Linear(inner_dim, dim_out if dim_out is not None else dim),
+            activations[activation_fn](dim, 4 * dim),
+            nn.Identity(),  # the reference's dropout (p = 0) in this slot, so the output projection is net.2
+            nn.Linear(4 * dim, dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = x.shape[:-1].numel() * self.net[0].proj.out_features
-        chunks = min(MAX_FF_CHUNKS, -(-hidden // MIN_FF_CHUNK_ELEMENTS))
-        return self.net(x) if chunks == 1 else torch.cat([self.net(part) for part in x.chunk(chunks)])
+        return feed_forward_rows(self.net, x, self.net[0].proj.out_features)  # row chunks: chunking.py

@@ -1,5 +1,11 @@
-"""Memory control of the UNet (forward chunking): run a layer on slices of its rows, written into one output, so the
-layer's intermediate tensors exist for one slice at a time.
+"""Memory control of the UNet, all of it: run a layer on slices of its rows, so the layer's intermediate tensors
+exist for one slice at a time. Two uses, one file:
+
+1. Feed-forwards, always (`feed_forward_rows`): the GEGLU hidden state, 8x the tokens' width, is the UNet's
+   largest tensor (in transformer_in); it is computed in at most MAX_FF_CHUNKS row chunks of at least
+   MIN_FF_CHUNK_ELEMENTS. Not a switch: rows are independent, so it costs nothing but a few kernel launches, and
+   on the small test models it never splits.
+2. Forward chunking, the switch (`I2VGenXLUNet.enable_forward_chunking`): whole layers on slices of frames.
 
 Exact when the layer treats rows independently: the per-frame layers (resnets, spatial transformers, up/down
 samplers; their norms and attention stay inside a frame) over frames, and the temporal transformer blocks over
@@ -12,9 +18,19 @@ default) runs each layer in one call. Slices are never smaller than MIN_CHUNK_EL
 of the UNet still run in one call, where slicing would only add kernel launches.
 """
 
+import math
+
 import torch
 
 MIN_CHUNK_ELEMENTS = 2 ** 22  # elements of a slice's input: 1 frame at the released model's first level (4.5 M)
+MAX_FF_CHUNKS, MIN_FF_CHUNK_ELEMENTS = 8, 2 ** 21  # feed-forward hidden state: at most 8 chunks, >= 2 M elements
+
+
+def feed_forward_rows(mlp, x: torch.Tensor, hidden_width: int) -> torch.Tensor:
+    """mlp(x) for a position-wise MLP whose hidden layer is `hidden_width` wide, on row chunks of x (dim 0)."""
+    hidden = x.shape[:-1].numel() * hidden_width
+    chunks = min(MAX_FF_CHUNKS, math.ceil(hidden / MIN_FF_CHUNK_ELEMENTS))
+    return mlp(x) if chunks == 1 else torch.cat([mlp(part) for part in x.chunk(chunks)])
 
 
 class Chunkable:
@@ -39,7 +55,7 @@ def per_frame(fn, x: torch.Tensor, *args, chunk: int | None, num_frames: int) ->
     row (the context)."""
     if chunk is None:
         return fn(x, *args)
-    frames = max(chunk, -(-MIN_CHUNK_ELEMENTS // x[0].numel()))
+    frames = max(chunk, math.ceil(MIN_CHUNK_ELEMENTS / x[0].numel()))
     frames = max(d for d in range(1, min(frames, num_frames) + 1) if num_frames % d == 0)
     return fn(x, *args) if frames == num_frames else chunked(fn, x, *args, size=frames)
 
@@ -50,7 +66,7 @@ def per_pixel(fn, h: torch.Tensor, chunk: int | None, num_frames: int) -> torch.
     MIN_CHUNK_ELEMENTS."""
     if chunk is None:
         return fn(h)
-    rows = max(-(-h.shape[0] * min(chunk, num_frames) // num_frames), -(-MIN_CHUNK_ELEMENTS // h[0].numel()))
+    rows = max(math.ceil(h.shape[0] * min(chunk, num_frames) / num_frames), math.ceil(MIN_CHUNK_ELEMENTS / h[0].numel()))
     return chunked(fn, h, size=rows)
 
 
@@ -79,4 +95,4 @@ def _rows_of(arg, rows: int, start: int, stop: int):
     group = rows // arg.shape[0]
     if group * arg.shape[0] != rows or ((stop - start) % group and group % (stop - start)):
         raise ValueError(f"cannot slice rows [{start}, {stop}) of {rows} for an argument of {arg.shape[0]} rows")
-    return arg[start // group: -(-stop // group)]
+    return arg[start // group: math.ceil(stop / group)]

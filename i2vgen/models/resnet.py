@@ -12,16 +12,15 @@ from torch import nn
 class ResnetBlock2D(nn.Module):
     """Pre-activation residual block (He et al. 2016) with an additive timestep embedding (DDPM, Ho et al. 2020).
 
-    x -> GroupNorm -> SiLU -> conv1 (+ Linear(SiLU(temb))) -> GroupNorm -> SiLU -> dropout -> conv2,
-    added to the input (through a 1x1 `conv_shortcut` when the channel count changes), then divided by
-    `output_scale_factor`. `temb_channels=None` drops the embedding (the VAE).
+    x -> GroupNorm -> SiLU -> conv1 (+ Linear(SiLU(temb))) -> GroupNorm -> SiLU -> conv2, added to the input
+    (through a 1x1 `conv_shortcut` when the channel count changes). `temb_channels=None` drops the embedding
+    (the VAE). (The reference's dropout before conv2 and output_scale_factor are 0 and 1 in both models.)
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, temb_channels: int | None = 512,
-                 groups: int = 32, eps: float = 1e-6, dropout: float = 0.0, output_scale_factor: float = 1.0):
+                 groups: int = 32, eps: float = 1e-6):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.output_scale_factor = output_scale_factor
 
         # In float16/bfloat16 the norms' statistics are still computed in float32, inside PyTorch's kernel
         # (see the unet.py docstring on half precision); the tensors are not upcast, as in the reference.
@@ -29,7 +28,6 @@ class ResnetBlock2D(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
-        self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         # 1x1 projection of the input when the channel count changes.
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -39,12 +37,12 @@ class ResnetBlock2D(nn.Module):
         h = self.conv1(F.silu(self.norm1(input_tensor)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(F.silu(self.norm2(h)))
 
         # .contiguous(): after attention the map can be channels-last; the reference feeds the shortcut conv a
         # contiguous copy, and the conv kernel (so the last bit of the result) depends on the memory layout.
         shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor.contiguous())
-        return (shortcut + h) / self.output_scale_factor
+        return shortcut + h
 
 
 class Downsample2D(nn.Module):

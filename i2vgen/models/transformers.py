@@ -119,7 +119,7 @@ class ImageLatentTemporalEncoder(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads=heads, head_dim=head_dim)
-        self.ff = FeedForward(dim, mult=4, activation_fn="gelu")
+        self.ff = FeedForward(dim, activation_fn="gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """((b h w), f, dim) -> same shape."""

@@ -31,8 +31,7 @@ from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
 from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
-from i2vgen.models.unet_blocks import (CrossAttnDownBlock3D, CrossAttnUpBlock3D, DownBlock3D,
-                                       UNetMidBlock3DCrossAttn, UpBlock3D)
+from i2vgen.models.unet_blocks import DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
 
 LATENT_CHANNELS = 4  # the VAE latent channels the image-latent encoders read (fixed, as in the reference)
 
@@ -155,8 +154,9 @@ def _check_forward_inputs(config: I2VGenXLUNetConfig, sample, timestep, conditio
                          f"which does not match sample {tuple(sample.shape)}")
 
 
-DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": CrossAttnDownBlock3D}
-UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": CrossAttnUpBlock3D}
+# The config's block types: a "CrossAttn" kind is the same block built with attention (_build_block).
+DOWN_BLOCKS = {"DownBlock3D": DownBlock3D, "CrossAttnDownBlock3D": DownBlock3D}
+UP_BLOCKS = {"UpBlock3D": UpBlock3D, "CrossAttnUpBlock3D": UpBlock3D}
 
 
 def _build_block(kinds: dict, block_type: str, attention_args: dict, **args) -> nn.Module:

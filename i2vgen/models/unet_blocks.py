@@ -5,7 +5,8 @@ Each layer of a block is a factorised space-time unit (VideoLDM / ModelScope T2V
     ResnetBlock2D (per frame, + timestep embedding) -> TemporalConvLayer (across frames)
     [-> Transformer2DModel (per frame, cross-attention to the context) -> TransformerTemporalModel (across frames)]
 
-The bracketed part is present in the "CrossAttn" blocks only. Each block's forward spells the layer out
+The bracketed part is present in the blocks built with `cross_attention_dim` only (the config's "CrossAttn"
+kinds, CrossAttnDownBlock3D and CrossAttnUpBlock3D; see unet.py's DOWN_BLOCKS). Each block's forward spells the layer out
 in one loop. All tensors are frames-as-batch, ((b f), c, h, w); `num_frames` lets the temporal layers
 unfold them, and the context has one row per video, (b, M, D). The per-frame layers go through
 `_per_frame`, which runs them on slices of frames when forward chunking is on (chunking.py).
@@ -79,15 +80,6 @@ class DownBlock3D(Chunkable, nn.Module):
         return x, skips
 
 
-class CrossAttnDownBlock3D(DownBlock3D):
-    """The down block with attention (the reference's name for it); the layer is written in DownBlock3D."""
-
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, num_layers: int, groups: int,
-                 add_downsample: bool, head_dim: int, cross_attention_dim: int):
-        super().__init__(in_channels, out_channels, temb_channels, num_layers, groups, add_downsample,
-                         head_dim=head_dim, cross_attention_dim=cross_attention_dim)
-
-
 class UNetMidBlock3DCrossAttn(nn.Module):
     """The bottleneck: resnet + temporal conv, then one attention pair and a second resnet + temporal conv."""
 
@@ -146,14 +138,3 @@ class UpBlock3D(Chunkable, nn.Module):
         if self.upsamplers is not None:
             x = self._per_frame(self.upsamplers[0], x, upsample_size, num_frames=num_frames)
         return x
-
-
-class CrossAttnUpBlock3D(UpBlock3D):
-    """The up block with attention (the reference's name for it); the layer is written in UpBlock3D."""
-
-    def __init__(self, in_channels: int, prev_output_channel: int, out_channels: int, temb_channels: int,
-                 num_layers: int, groups: int, add_upsample: bool, head_dim: int, cross_attention_dim: int,
-                 resolution_idx: int | None = None):
-        super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, num_layers, groups,
-                         add_upsample, head_dim=head_dim, cross_attention_dim=cross_attention_dim,
-                         resolution_idx=resolution_idx)
