@@ -289,6 +289,18 @@ class ImageToVideoPipeline(OffloadMixin):
         latents = self.scheduler.step(pred, t, latents, **kwargs).prev_sample
         return rearrange(latents, "(b f) c h w -> b c f h w", b=batch)
 
+    def _sample(self, latents, conditions, guidance_scale: float, eta: float, generator, callback_on_step_end):
+        """x_T -> x_0: at each of the scheduler's timesteps, predict (`_predict`) and step (`_step`)."""
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
+            latents = self._step(pred, t, latents, eta, generator)
+            if callback_on_step_end is not None:
+                result = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                latents = result.get("latents", latents)
+                if result.get("stop"):
+                    break
+        return latents
+
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None) -> torch.Tensor:
         """Latents (B, 4, F, h, w) -> float32 pixels (B, F, 3, H, W) in [-1, 1]-ish, `decode_chunk_size`
         frames per VAE call (None: all at once)."""
@@ -344,14 +356,7 @@ class ImageToVideoPipeline(OffloadMixin):
         with self._on_execution_device(self.unet):
             conditions = self._encode_conditions(prompt_embeds, negative_prompt_embeds, image_embeddings,
                                                  image_latents, target_fps, num_videos_per_prompt)
-            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
-                latents = self._step(pred, t, latents, eta, generator)
-                if callback_on_step_end is not None:
-                    result = callback_on_step_end(self, i, t, {"latents": latents}) or {}
-                    latents = result.get("latents", latents)
-                    if result.get("stop"):
-                        break
+            latents = self._sample(latents, conditions, guidance_scale, eta, generator, callback_on_step_end)
 
         # 6. decode: never a black video from NaN latents
         check_finite_latents(latents)
