@@ -24,7 +24,7 @@ from i2vgen.apps.cli import main, read_image
 from i2vgen.loading import read_config
 from i2vgen.preprocess import center_crop_wide, to_pil_images
 from i2vgen.schedulers.ddim import DDIMScheduler
-from test_loading import Tiny
+from conftest import Tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "assets" / "landscape.png"

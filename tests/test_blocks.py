@@ -10,6 +10,8 @@ import math
 import pytest
 import torch
 
+from conftest import rel_error
+
 from i2vgen.models.attention import Attention, FeedForward
 from i2vgen.models.chunking import MIN_FF_CHUNK_ELEMENTS
 from i2vgen.models.embeddings import timestep_embedding
@@ -19,10 +21,6 @@ from i2vgen.models.transformers import Transformer2DModel, TransformerTemporalMo
 # Our module vs itself on a different batch/frame split: only kernel blocking can differ (a few float32
 # ulps); a fold that mixes videos, frames or pixels changes outputs by O(1).
 FOLD_TOL = 1e-5
-
-
-def rel_error(actual, expected):
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 def test_timestep_embedding_is_cos_then_sin():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from test_pipeline import SCHEDULING_ATOL, run, tiny_pipe64  # noqa: F401 (a fixture)
-from test_unet import CASES, guidance_inputs, load_case, raw_inputs
+from conftest import SCHEDULING_ATOL, UNET_CASES, guidance_inputs, load_unet_case, raw_inputs, rel_error
+from conftest import run_demo as run
 
 from i2vgen.models import chunking
 
@@ -13,11 +13,6 @@ from i2vgen.models import chunking
 # measured here). The tests run in float64, where that rounding is ~1e-15, so a wrong slice (another video's
 # context, a norm over part of a video) cannot hide under it.
 CHUNK_TOL = 1e-12
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64 (test_unet's casts to float32)."""
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 def videos(io: dict, frames: int, batch: int) -> tuple[torch.Tensor, dict]:
@@ -35,13 +30,13 @@ def videos(io: dict, frames: int, batch: int) -> tuple[torch.Tensor, dict]:
     return randn(batch, c, frames, h, w), raw
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", UNET_CASES)
 @pytest.mark.parametrize("chunk_size", [None, 1, 3])  # None: the default, 1 frame; 3: rounded down to 2 of 4
 @torch.no_grad()
 def test_forward_chunking_is_exact(name, chunk_size, monkeypatch):
     # The fixture models are tiny: without this every layer is below the slice floor and would run whole.
     monkeypatch.setattr(chunking, "MIN_CHUNK_ELEMENTS", 1)
-    unet, io, _ = load_case(name)
+    unet, io, _ = load_unet_case(name)
     unet.double()
     sample, raw = videos(io, frames=4, batch=2)
     whole = unet(sample, 500, **raw).sample
@@ -52,13 +47,13 @@ def test_forward_chunking_is_exact(name, chunk_size, monkeypatch):
     assert torch.equal(unet(sample, 500, **raw).sample, whole)  # disabled again
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", UNET_CASES)
 @torch.no_grad()
 def test_forward_chunking_with_shared_trunk(name, monkeypatch):
     # Classifier-free guidance as one batch: the condition has twice the sample's rows; each slice of a
     # per-frame layer must get its own video's context.
     monkeypatch.setattr(chunking, "MIN_CHUNK_ELEMENTS", 1)
-    unet, io, _ = load_case(name)
+    unet, io, _ = load_unet_case(name)
     unet.double()
     io = {k: v.double() if v.is_floating_point() else v for k, v in io.items()}
     condition = unet.encode_condition(**guidance_inputs(io))
@@ -69,7 +64,7 @@ def test_forward_chunking_with_shared_trunk(name, monkeypatch):
 
 
 def test_forward_chunking_arguments():
-    unet, _, _ = load_case(CASES[0])
+    unet, _, _ = load_unet_case(UNET_CASES[0])
     with pytest.raises(ValueError, match="dim"):
         unet.enable_forward_chunking(dim=1)
     with pytest.raises(ValueError, match="chunk_size"):

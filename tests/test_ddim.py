@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import rel_error
+
 from i2vgen.schedulers.ddim import DDIMScheduler, DDIMSchedulerConfig
 from i2vgen.schedulers.schedule import (
     leading_timesteps,
@@ -40,10 +42,6 @@ SCHEDULE_RTOL = 2.4e-7
 @pytest.fixture(scope="module")
 def recorded():
     return load_file(FIXTURES / "ddim.safetensors")
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 # ---- pure functions ----
@@ -126,14 +124,14 @@ def test_case_matches_reference(case, recorded):
     for i, t in enumerate(scheduler.timesteps):
         out = scheduler.step(recorded[f"{case}/model_output/{i}"], t, sample, eta=settings["eta"],
                              use_clipped_model_output=settings["use_clipped_model_output"], generator=generator)
-        assert rel_err(out.pred_original_sample, recorded[f"{case}/pred_original_sample/{i}"]) < STEP_RTOL, i
-        assert rel_err(out.prev_sample, recorded[f"{case}/prev_sample/{i}"]) < STEP_RTOL, i
+        assert rel_error(out.pred_original_sample, recorded[f"{case}/pred_original_sample/{i}"]) < STEP_RTOL, i
+        assert rel_error(out.prev_sample, recorded[f"{case}/prev_sample/{i}"]) < STEP_RTOL, i
         sample = out.prev_sample
 
     original, noise = recorded[f"{case}/add_noise/original"], recorded[f"{case}/add_noise/noise"]
     timesteps = recorded[f"{case}/add_noise/timesteps"]
-    assert rel_err(scheduler.add_noise(original, noise, timesteps), recorded[f"{case}/add_noise/out"]) < STEP_RTOL
-    assert rel_err(scheduler.get_velocity(original, noise, timesteps), recorded[f"{case}/velocity/out"]) < STEP_RTOL
+    assert rel_error(scheduler.add_noise(original, noise, timesteps), recorded[f"{case}/add_noise/out"]) < STEP_RTOL
+    assert rel_error(scheduler.get_velocity(original, noise, timesteps), recorded[f"{case}/velocity/out"]) < STEP_RTOL
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if CASES[c]["eta"] > 0])
@@ -150,7 +148,7 @@ def test_variance_noise_passed_in(case, recorded):
         noise = torch.randn(model_output.shape, generator=generator)
         sample = scheduler.step(model_output, t, sample, eta=settings["eta"], variance_noise=noise,
                                 use_clipped_model_output=settings["use_clipped_model_output"]).prev_sample
-        assert rel_err(sample, recorded[f"{case}/prev_sample/{i}"]) < STEP_RTOL, i
+        assert rel_error(sample, recorded[f"{case}/prev_sample/{i}"]) < STEP_RTOL, i
 
 
 # ---- API and errors ----

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from conftest import frame_atol, tiny_unet
+
 from i2vgen import AutoencoderKL, I2VGenXLPipeline, I2VGenXLUNet
 from i2vgen.models.attention import AttnProcessor
 from i2vgen.models.freeu import apply_freeu, fourier_filter
@@ -44,12 +46,9 @@ def replay(pipe, name) -> torch.Tensor:
                                  **call["kwargs"]).frames)
 
 
-# Frames in [0, 1] against the reference's: three times the reference's own spread on that call (its two-thread
-# rerun, info.json; guidance x9 amplifies float32 rounding), at least 2e-5 (~1/200 of an 8-bit level), as in
-# tests/test_pipeline.py.
-def frame_atol(key: str) -> float:
-    spread = INFO["two_thread_max_abs_diff"][key] if "/" in key else PIPELINE_SPREAD[key]  # dropin or plain call
-    return max(3 * spread, 2e-5)
+# Frames in [0, 1] against the reference's: conftest.frame_atol of the reference's own spread on that call.
+def call_atol(key: str) -> float:
+    return frame_atol(INFO["two_thread_max_abs_diff"][key] if "/" in key else PIPELINE_SPREAD[key])  # dropin or plain
 
 
 @pytest.mark.parametrize("name", ["cfg", "non_square"])  # 8x8 latents (power-of-two FFT) and 10x14 (float32 FFT)
@@ -60,10 +59,10 @@ def test_freeu_matches_reference(pipe, name):
     finally:
         pipe.disable_freeu()
     err = (ours - RECORDED[f"freeu/{name}"]).abs().max().item()
-    assert err <= frame_atol(f"freeu/{name}"), err
+    assert err <= call_atol(f"freeu/{name}"), err
     # FreeU really acts (the reference's frames move by 0.5-0.7) and switches off: the reference's plain frames
     assert (RECORDED[f"freeu/{name}"] - RECORDED[f"plain/{name}"]).abs().max() > 0.1
-    torch.testing.assert_close(replay(pipe, name), RECORDED[f"plain/{name}"], rtol=0, atol=frame_atol(name))
+    torch.testing.assert_close(replay(pipe, name), RECORDED[f"plain/{name}"], rtol=0, atol=call_atol(name))
 
 
 def test_fused_qkv_matches_reference(pipe):
@@ -75,7 +74,7 @@ def test_fused_qkv_matches_reference(pipe):
     finally:
         pipe.unfuse_qkv_projections()
     err = (fused - RECORDED["fused_qkv/cfg"]).abs().max().item()
-    assert err <= frame_atol("fused_qkv/cfg"), err
+    assert err <= call_atol("fused_qkv/cfg"), err
     assert torch.equal(replay(pipe, "cfg"), plain)  # unfused: exactly the unfused path again
 
 
@@ -105,9 +104,7 @@ def test_apply_freeu_blocks():
 
 def small_unet() -> I2VGenXLUNet:
     torch.manual_seed(0)
-    return I2VGenXLUNet(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=8,
-                        attention_head_dim=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")).eval()
+    return tiny_unet().eval()
 
 
 def unet_inputs(seed=0) -> dict:

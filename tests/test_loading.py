@@ -1,6 +1,5 @@
 """Loader tests on a tiny ModelMixin: layouts (single file, fp16 variant, shards), strictness, clear errors."""
 
-import dataclasses
 import json
 import warnings
 
@@ -8,24 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from i2vgen.loading import Config, ModelMixin, read_config
+from conftest import Tiny, TinyConfig
 
-
-@dataclasses.dataclass
-class TinyConfig(Config):
-    dim: int = 4
-    hidden: tuple[int, ...] = (6, 3)
-
-
-class Tiny(ModelMixin):
-    config_class = TinyConfig
-
-    def __init__(self, config: TinyConfig | None = None, **kwargs):
-        super().__init__()
-        self.config = config if config is not None else TinyConfig(**kwargs)
-        self.inp = torch.nn.Linear(self.config.dim, self.config.hidden[0])
-        self.out = torch.nn.Linear(*self.config.hidden)
-        self.register_buffer("counts", torch.arange(3))  # persistent integer buffer: stays int64
+from i2vgen.loading import read_config
 
 
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-pytest.importorskip("peft", reason="LoRA support is the optional extra i2vgen[lora]")
+from conftest import micro_pipeline, rel_error
 
-from i2vgen import lora  # noqa: E402
-from i2vgen.models.unet import I2VGenXLUNet  # noqa: E402
+from i2vgen import lora  # needs peft: the `lora` extra, which the `test` extra installs
+from i2vgen.models.unet import I2VGenXLUNet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UNET_CONFIG = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
@@ -80,11 +80,6 @@ def test_save_load_round_trip_in_diffusers_layout(tmp_path):
     assert lora.load_lora_weights(fresh, tmp_path / "saved") == "default_0"
     # Same modules, same numbers, same order of operations: exact.
     torch.testing.assert_close(_run(fresh, inputs), adapted, rtol=0, atol=0)
-
-
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, as tests/test_unet.py measures parity."""
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 def test_loads_a_lora_that_diffusers_saved():
@@ -219,13 +214,11 @@ def test_a_file_that_does_not_fit_the_unet_is_one_clear_error(tmp_path):
 # ---- training an adapter (i2vgen train with a `lora` section) ----
 
 def test_lora_training_changes_only_the_adapter_and_resumes_bit_for_bit(tmp_path):
-    from test_training import _micro_pipeline
-
     from i2vgen.pipeline import I2VGenXLPipeline
     from i2vgen.training.config import TrainConfig
     from i2vgen.training.train import train
 
-    base = _micro_pipeline(tmp_path)
+    base = micro_pipeline(tmp_path)
     common = dict(model=str(base), num_clips=2, batch_size=1, gradient_accumulation_steps=2, max_steps=3,
                   checkpoint_every=1, keep_checkpoints=1, lr_warmup_steps=1, learning_rate=1e-2, ema_decay=0.5,
                   directions=("up-left", "down"), gradient_checkpointing=True,

@@ -16,6 +16,10 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
+from conftest import DEMO_CALL as CALL
+from conftest import SCHEDULING_ATOL, frame_atol
+from conftest import run_demo as run
+
 from i2vgen import I2VGenXLPipeline
 
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures")) / "pipeline"
@@ -24,13 +28,11 @@ INFO = json.loads((FIXTURES / "info.json").read_text())
 RECORDED = load_file(FIXTURES / "frames.safetensors")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
 
-# Allowed |ours - reference| per value: our float32 kernels sum in another order than the reference's, so
-# the bound is the reference's own spread, measured by rerunning each call with another thread count
-# (info.json "two_thread_max_abs_diff"; guidance amplifies rounding, e.g. ~20x at scale 9): three
-# times that spread, and at least 2e-5 (~1/200 of an 8-bit level) where the spread happened to be tiny.
-# Measured on the recorded calls: at most about 1.3e-5, every call within 3x its spread.
-def frame_atol(name: str) -> float:
-    return max(3 * INFO["two_thread_max_abs_diff"][name], 2e-5)
+# Allowed |ours - reference| per value: conftest.frame_atol of the reference's own spread on the call
+# (info.json "two_thread_max_abs_diff"). Measured on the recorded calls: at most about 1.3e-5, every call within
+# 3x its spread.
+def call_atol(name: str) -> float:
+    return frame_atol(INFO["two_thread_max_abs_diff"][name])
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +45,6 @@ def fixture_pipe():
 @pytest.fixture(scope="module")
 def tiny_pipe():
     pipe = I2VGenXLPipeline.from_pretrained(DEFAULT_MODEL)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe64():
-    """The demo pipeline in float64, for tests that two code paths compute the same maths."""
-    pipe = I2VGenXLPipeline.from_pretrained(DEFAULT_MODEL).to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -101,10 +95,10 @@ def test_recorded_call(fixture_pipe, name):
         ours, expected = ours[:1], expected[:1]
     assert ours.shape == expected.shape
     if output_type == "pil":
-        # 8-bit frames: a value within frame_atol of a rounding boundary may land one level away.
+        # 8-bit frames: a value within call_atol of a rounding boundary may land one level away.
         assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
     else:
-        np.testing.assert_allclose(ours, expected, rtol=0, atol=frame_atol(name))
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=call_atol(name))
 
 
 def test_tokenizer_matches_reference_ids(fixture_pipe):
@@ -116,21 +110,6 @@ def test_tokenizer_matches_reference_ids(fixture_pipe):
 
 
 # ---- our own controls: equal outputs whichever way the work is scheduled ----
-
-CALL = dict(prompt="a red house", height=32, width=32, num_frames=3, num_inference_steps=2, output_type="np")
-
-
-def run(pipe, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return pipe(image=PIL.Image.open(DEFAULT_MODEL.parent.parent / "assets" / "landscape.png"),
-                generator=torch.Generator().manual_seed(seed), **(CALL | kwargs)).frames
-
-
-# Same maths in another batch size, order or chunking: only the summation order may differ. These tests run
-# in float64, where that moves a frame value by ~1e-14: in float32 the UNet and VAE amplify it to up to 2e-5
-# with the trained demo weights, as large as the mistakes the tests are there to catch.
-SCHEDULING_ATOL = 1e-10
-
 
 def test_sequential_guidance_equals_batched(tiny_pipe64):
     batched = run(tiny_pipe64, negative_prompt="blurry")

@@ -16,6 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import frame_atol, rel_error
+
 from i2vgen import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, I2VGenXLPipeline,
                     PowerUniPCScheduler, UniPCMultistepScheduler, fast_scheduler)
 from i2vgen.schedulers import SCHEDULERS, by_name, load_scheduler
@@ -38,10 +40,6 @@ def recorded():
     return load_file(SAMPLERS / "steps.safetensors")
 
 
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
-
-
 def replay(name: str, recorded: dict) -> list[tuple[str, float]]:
     """Run our scheduler (loaded from the reference's saved config) on the recorded model outputs, feeding it its
     own samples; return (what, relative error) for every compared tensor."""
@@ -58,9 +56,9 @@ def replay(name: str, recorded: dict) -> list[tuple[str, float]]:
     sample, errors = recorded[f"{name}/sample"], []
     for i, t in enumerate(scheduler.timesteps):
         model_input = scheduler.scale_model_input(sample, t)
-        errors.append((f"model_input/{i}", rel_err(model_input, recorded[f"{name}/model_input/{i}"])))
+        errors.append((f"model_input/{i}", rel_error(model_input, recorded[f"{name}/model_input/{i}"])))
         sample = scheduler.step(recorded[f"{name}/model_output/{i}"], t, sample, **kwargs).prev_sample
-        errors.append((f"prev_sample/{i}", rel_err(sample, recorded[f"{name}/prev_sample/{i}"])))
+        errors.append((f"prev_sample/{i}", rel_error(sample, recorded[f"{name}/prev_sample/{i}"])))
     return errors
 
 
@@ -93,8 +91,7 @@ def test_pipeline_with_scheduler_matches_reference(name, fixture_pipe):
     finally:
         fixture_pipe.scheduler = released
     expected = load_file(SAMPLERS / "pipeline_frames.safetensors")[f"{name}/frames"]
-    # As tests/test_pipeline.py: 3x the reference's own spread between thread counts, at least 2e-5.
-    atol = max(3 * PIPELINE_CALLS["two_thread_max_abs_diff"][name], 2e-5)
+    atol = frame_atol(PIPELINE_CALLS["two_thread_max_abs_diff"][name])  # the reason: conftest.frame_atol
     assert np.abs(frames - expected.numpy()).max() <= atol
 
 

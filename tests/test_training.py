@@ -11,11 +11,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPTokenizer
 
-from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text
+from conftest import micro_pipeline, tiny_unet
+
+from i2vgen.pipelines.clip import encode_text
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
-from i2vgen.models.vae import AutoencoderKL
 from i2vgen.pipeline import I2VGenXLPipeline
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.config import TrainConfig
@@ -126,15 +127,9 @@ def test_image_latents_follow_the_pipeline_layout():
         assert torch.all(latents[:, :, k] == k / 7)
 
 
-def _micro_unet(cross_dim: int = 8) -> I2VGenXLUNet:
-    return I2VGenXLUNet(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, norm_num_groups=4,
-                        cross_attention_dim=cross_dim, attention_head_dim=4)
-
-
 def test_loss_is_the_velocity_mse_and_decreases():
     torch.manual_seed(0)
-    unet, scheduler = _micro_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
     x0 = torch.randn(2, 4, 3, 8, 8)
     conditions = dict(fps=torch.tensor([16, 16]), image_latents=image_latents_from(x0[:, :, 0], 3),
                       image_embeddings=torch.randn(2, 1, 8), encoder_hidden_states=torch.randn(2, 5, 8))
@@ -179,9 +174,9 @@ def test_timestep_sampling_is_uniform_unless_high_noise_is_asked_for():
 @pytest.mark.parametrize("with_lora", [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(with_lora):
     torch.manual_seed(0)
-    unet, scheduler = _micro_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
     if with_lora:  # only the adapter trains; its B made non-zero (at zero, A gets no gradient)
-        lora = pytest.importorskip("i2vgen.lora", reason="the optional extra i2vgen[lora]", exc_type=ImportError)
+        from i2vgen import lora  # needs peft: the `lora` extra, which the `test` extra installs
         lora.add_adapter(unet, lora.LoraSettings(rank=2, dropout=0.1))
         for layer in lora.lora_layers(unet):
             torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
@@ -215,27 +210,8 @@ def test_ema_update_math():
 
 # ---- the loop: checkpoints resume exactly ----
 
-def _micro_pipeline(folder):
-    write_clip_tokenizer(folder / "tokenizer-files", WORDS, model_max_length=8)
-    tower = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, projection_dim=8)
-    vocab = len(json.loads((folder / "tokenizer-files" / "vocab.json").read_text()))
-    torch.manual_seed(0)
-    pipe = I2VGenXLPipeline(
-        vae=AutoencoderKL(block_out_channels=(4, 4, 4, 4), down_block_types=("DownEncoderBlock2D",) * 4,
-                          up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=2),
-        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=8, bos_token_id=vocab - 2,
-                                                  eos_token_id=vocab - 1, pad_token_id=vocab - 1, **tower)),
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer-files"),
-        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=16, patch_size=8, **tower)),
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
-        unet=_micro_unet(), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
-    )
-    pipe.save_pretrained(folder / "base")
-    return folder / "base"
-
-
 def test_checkpoints_resume_bit_for_bit(tmp_path):
-    base = _micro_pipeline(tmp_path)
+    base = micro_pipeline(tmp_path)
     common = dict(model=str(base), num_clips=2, batch_size=1, gradient_accumulation_steps=2, max_steps=3,
                   checkpoint_every=1, keep_checkpoints=1, lr_warmup_steps=1, learning_rate=1e-3, ema_decay=0.5)
     straight = train(TrainConfig(output_dir=str(tmp_path / "a"), **common))

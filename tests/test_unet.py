@@ -6,18 +6,17 @@ the files, so `I2VGEN_FIXTURES=<other set>` checks other configs with the same t
 """
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from conftest import FIXTURES, UNET_CASES, guidance_inputs, load_unet_case, raw_inputs, rel_error
+
 from i2vgen.models.unet import I2VGenXLUNet, UNet3DConditionOutput
 
-FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
-CASES = sorted(p.name for p in FIXTURES.glob("unet_*") if p.is_dir())
+CASES = UNET_CASES
 
 # Float32 parity. We run the reference's operations in its order, and on one machine in one process our
 # output equals the reference's bit for bit. The recordings come from another process (other thread
@@ -28,23 +27,6 @@ CASES = sorted(p.name for p in FIXTURES.glob("unet_*") if p.is_dir())
 REL_TOL = 1e-5
 
 
-def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (a tensor-wide relative error)."""
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    return ((actual.float() - expected).abs().max() / expected.abs().max()).item()
-
-
-def load_case(name: str):
-    folder = FIXTURES / name
-    case = json.loads((folder / "case.json").read_text())
-    return I2VGenXLUNet.from_pretrained(folder), load_file(folder / "io.safetensors"), case
-
-
-def raw_inputs(io: dict) -> dict:
-    keys = ("fps", "image_latents", "image_embeddings", "encoder_hidden_states")
-    return {k: io[k] for k in keys}
-
-
 def test_fixture_cases_present():
     # The issue asks for at least two UNet configs; an empty glob must not pass silently.
     assert len(CASES) >= 2, f"expected unet_* cases under {FIXTURES}, found {CASES}"
@@ -53,7 +35,7 @@ def test_fixture_cases_present():
 @pytest.mark.parametrize("name", CASES)
 @torch.no_grad()
 def test_forward_matches_reference(name):
-    unet, io, case = load_case(name)
+    unet, io, case = load_unet_case(name)
     out = unet(io["sample"], io["timestep"], **raw_inputs(io))
     assert isinstance(out, UNet3DConditionOutput)
     assert rel_error(out.sample, io["out"]) <= REL_TOL
@@ -66,7 +48,7 @@ def test_forward_matches_reference(name):
 @torch.no_grad()
 def test_precomputed_condition_path(name):
     """encode_condition once + forward(condition=...) is the same computation as the plain forward."""
-    unet, io, _ = load_case(name)
+    unet, io, _ = load_unet_case(name)
     condition = unet.encode_condition(**raw_inputs(io))
     via_condition = unet(io["sample"], io["timestep"], condition=condition).sample
     plain = unet(io["sample"], io["timestep"], **raw_inputs(io)).sample
@@ -79,23 +61,12 @@ def test_precomputed_condition_path(name):
 def test_batch_items_are_independent(name):
     """Each batch item alone (condition.select) gives the reference's output for that item: the
     (b f) folds never mix videos. Batch size changes only kernel blocking, so REL_TOL holds."""
-    unet, io, _ = load_case(name)
+    unet, io, _ = load_unet_case(name)
     condition = unet.encode_condition(**raw_inputs(io))
     for i in range(io["sample"].shape[0]):
         item = slice(i, i + 1)
         out = unet(io["sample"][item], io["timestep"][item], condition=condition.select(item)).sample
         assert rel_error(out, io["out"][item]) <= REL_TOL
-
-
-def guidance_inputs(io: dict, image_latent_copies: int = 1) -> dict:
-    """Raw inputs of a guidance-style batch: [the recorded rows..., the same rows with other context] -- the
-    second group gets other text and CLIP-image tokens, and the same fps; the image latents are given
-    `image_latent_copies` times (once: both groups share them)."""
-    raw = raw_inputs(io)
-    other = dict(raw, encoder_hidden_states=raw["encoder_hidden_states"].flip(1) * 0.5,
-                 image_embeddings=-raw["image_embeddings"])
-    stacked = {k: torch.cat([raw[k], other[k]]) for k in ("fps", "image_embeddings", "encoder_hidden_states")}
-    return stacked | {"image_latents": torch.cat([raw["image_latents"]] * image_latent_copies)}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -104,7 +75,7 @@ def test_shared_trunk_equals_duplicated_batch(name):
     """A condition with twice the sample's batch of context (classifier-free guidance) and the image latents
     once runs the context-free trunk once and gives what the plain forward of the duplicated batch gives;
     the second group really sees its own context."""
-    unet, io, _ = load_case(name)
+    unet, io, _ = load_unet_case(name)
     condition = unet.encode_condition(**guidance_inputs(io))
     sample, t = io["sample"], io["timestep"]
     shared = unet(sample, t, condition=condition).sample
@@ -149,7 +120,7 @@ def test_default_model_has_released_keys_and_shapes():
 
 @pytest.fixture(scope="module")
 def small():
-    unet, io, _ = load_case(CASES[0])
+    unet, io, _ = load_unet_case(CASES[0])
     return unet, io
 
 

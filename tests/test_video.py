@@ -1,5 +1,6 @@
 """Video export: GIF and MP4 written at the given fps, never half-written."""
 
+import imageio_ffmpeg  # the mp4 extra, which the test extra installs
 import numpy as np
 import PIL.Image
 import pytest
@@ -51,7 +52,6 @@ def test_interrupted_gif_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeyp
 
 
 def test_mp4_frames_and_rate(tmp_path):
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the optional [mp4] extra")
     path = tmp_path / "v.mp4"
     export_to_video(FRAMES, path, fps=8)
     reader = imageio_ffmpeg.read_frames(str(path))
@@ -62,7 +62,6 @@ def test_mp4_frames_and_rate(tmp_path):
 
 
 def test_interrupted_mp4_leaves_nothing(tmp_path, monkeypatch):
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 needs the optional [mp4] extra")
 
     def interrupted_writer(path, *args, **kwargs):  # ffmpeg's writer protocol: send(None), then frames
         with open(path, "wb") as f:
