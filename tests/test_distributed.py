@@ -1,4 +1,4 @@
-"""Scale-out (i2vgen/distributed.py, i2vgen/jobs.py): the videos of N processes are the videos of one.
+"""Scale-out (i2vgen/distributed.py, i2vgen/apps/jobs.py): the videos of N processes are the videos of one.
 
 Processes are wired as torchrun wires them (RANK, WORLD_SIZE, MASTER_ADDR/PORT; gloo on the CPU): once through
 torchrun itself (`torchrun -m i2vgen`), otherwise forked from this process with torch.multiprocessing, which

@@ -5,6 +5,9 @@ on synthetic 64x64 clips of a coloured shape moving left, right, up or down), so
 seconds. Every argument is checked before the model loads, and the memory the video needs is estimated
 before generation starts. Errors are one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or
 SIGTERM) leaves no partial video.
+
+The parsed options become a `VideoRequest` and `ModelOptions` (render.py), rendered as the web app and job files
+render theirs; `i2vgen app` and `--jobs` are dispatched to web.py and jobs.py.
 """
 
 import argparse
@@ -64,7 +67,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def add_batch_options(gen):
-    """Many videos, in one process or many under torchrun (i2vgen/jobs.py, docs/distributed.md)."""
+    """Many videos, in one process or many under torchrun (apps/jobs.py, docs/distributed.md)."""
     batch = gen.add_argument_group("many videos (python -m i2vgen under torchrun runs them on N processes)")
     batch.add_argument("--jobs", type=Path, help="a JSON-lines file, one video a line: its keys are the options "
                                                  "above without dashes, e.g. {\"image\": \"a.png\", \"prompt\": "
