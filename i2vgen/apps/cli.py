@@ -146,7 +146,9 @@ def generate_jobs(args, argv: list[str]) -> int:
         raise UsageError("--jobs FILE and --out-dir DIR go together")
     if any(arg == "--out" or arg.startswith("--out=") for arg in argv):
         raise UsageError('with --jobs each job names its video: "out" in the job, relative to --out-dir')
-    return run_jobs(args.jobs, args.out_dir, model_options(args), video_request(args), args.cfg_parallel)
+    options = model_options(args)
+    options.check()  # once for the run: a bad --device or --lora fails every job alike
+    return run_jobs(args.jobs, args.out_dir, options, video_request(args), args.cfg_parallel)
 
 
 def main(argv=None) -> int:
