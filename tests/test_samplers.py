@@ -103,14 +103,14 @@ def test_from_config_takes_the_pipeline_config_and_rejects_unknown_options():
     unipc = UniPCMultistepScheduler.from_config(ddim.config, timestep_spacing="trailing")
     assert unipc.config.beta_schedule == "squaredcos_cap_v2" and unipc.config.prediction_type == "v_prediction"
     assert unipc.config.timestep_spacing == "trailing" and unipc.config.solver_type == "bh2"
-    back = DDIMScheduler.from_config(unipc.config)  # keys DDIM does not know are dropped, its own take defaults
-    assert back.config.rescale_betas_zero_snr and back.config.clip_sample
+    back = DDIMScheduler.from_config(unipc.config)  # diffusers' rule: DDIM's own clip_sample rode along in UniPC's
+    assert back.config.rescale_betas_zero_snr and not back.config.clip_sample
     with pytest.raises(ValueError, match="has no option 'solver_oder'"):
         UniPCMultistepScheduler.from_config(ddim.config, solver_oder=3)
-    with pytest.raises(ValueError, match="use_karras_sigmas=True is not supported"):
-        DPMSolverMultistepScheduler.from_config(ddim.config, use_karras_sigmas=True)
-    with pytest.raises(ValueError, match="unknown algorithm_type 'dpmsolver'"):
-        DPMSolverMultistepScheduler.from_config(ddim.config, algorithm_type="dpmsolver")
+    with pytest.raises(ValueError, match="use_flow_sigmas=True is not supported"):
+        DPMSolverMultistepScheduler.from_config(ddim.config, use_flow_sigmas=True)
+    with pytest.raises(ValueError, match="unknown algorithm_type 'dpm'"):
+        DPMSolverMultistepScheduler.from_config(ddim.config, algorithm_type="dpm")
     with pytest.raises(ValueError, match="unknown solver_order 4"):
         UniPCMultistepScheduler.from_config(ddim.config, solver_order=4)
 

@@ -8,15 +8,12 @@ start, t = 999) and the given config options on top.
 
 from i2vgen.loading import read_config
 
+from i2vgen.schedulers.base import CONFIG_NAME, RELEASED_SCHEDULER_CONFIG, SCHEDULERS  # noqa: F401
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from i2vgen.schedulers.euler import EulerDiscreteScheduler
 from i2vgen.schedulers.fast import FAST_OPTIONS, PowerUniPCScheduler
-from i2vgen.schedulers.schedule import CONFIG_NAME
 from i2vgen.schedulers.unipc import UniPCMultistepScheduler
-
-SCHEDULERS = {cls.__name__: cls for cls in (DDIMScheduler, UniPCMultistepScheduler, DPMSolverMultistepScheduler,
-                                              EulerDiscreteScheduler, PowerUniPCScheduler)}
 TRAILING = {"timestep_spacing": "trailing"}
 # name -> (class, options over the pipeline's config)
 NAMED = {

@@ -15,8 +15,9 @@ import torch
 
 from i2vgen.checks import check_real
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (ScheduleConfig, SchedulerFolders, check_config, check_num_inference_steps,
-                                        dynamic_threshold, make_betas, spaced_timesteps, train_step)
+from i2vgen.schedulers.base import ScheduleConfig, SchedulerMixin, SchedulerOutput
+from i2vgen.schedulers.schedule import (append_dims, check_num_inference_steps, dynamic_threshold, make_betas,
+                                        spaced_timesteps, train_step, x0_and_eps)
 
 
 @dataclass
@@ -29,23 +30,13 @@ class DDIMSchedulerConfig(ScheduleConfig):
     sample_max_value: float = 1.0
     timestep_spacing: str = "leading"
 
-    def __post_init__(self):
-        if self.trained_betas is not None:  # a numpy array or tensor becomes plain floats, so the config saves as JSON
-            self.trained_betas = tuple(float(b) for b in np.asarray(self.trained_betas, dtype=np.float64).reshape(-1))
-
 
 @dataclass
-class DDIMSchedulerOutput:
-    prev_sample: torch.Tensor  # x_{t-1}
-    pred_original_sample: torch.Tensor  # x0 predicted at step t
+class DDIMSchedulerOutput(SchedulerOutput):
+    pred_original_sample: torch.Tensor  # x0 predicted at step t (prev_sample: x_{t-1})
 
 
-def _append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1) with ndim dimensions, to broadcast per-sample scalars."""
-    return x.reshape(x.shape + (1,) * (ndim - x.ndim))
-
-
-class DDIMScheduler(SchedulerFolders):
+class DDIMScheduler(SchedulerMixin):
     """The reference's DDIMScheduler: same config keys, same timesteps, same numbers. Usage:
 
         scheduler.set_timesteps(50)
@@ -54,14 +45,10 @@ class DDIMScheduler(SchedulerFolders):
     """
 
     config_class = DDIMSchedulerConfig
-    order = 1  # one model evaluation per step
     init_noise_sigma = 1.0  # x_T ~ N(0, I): the initial noise is not scaled
 
-    def __init__(self, config: DDIMSchedulerConfig | None = None, **kwargs):
-        if config is not None and kwargs:
-            raise TypeError("pass either a DDIMSchedulerConfig or config keys, not both")
-        self.config = c = config if config is not None else DDIMSchedulerConfig(**kwargs)
-        check_config(c)
+    def _setup(self):
+        c = self.config
         betas = make_betas(c)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # alpha_bar_t, float32
@@ -85,20 +72,6 @@ class DDIMScheduler(SchedulerFolders):
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample  # DDIM feeds x_t to the model unscaled
-
-    def _x0_and_eps(self, model_output, x_t, alpha_bar_t):
-        """The one place the prediction type matters: turn the model output into (x0, eps), using
-        x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps (DDIM eq. 4) and, for v-prediction,
-        v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, sec. 4)."""
-        a, s = alpha_bar_t**0.5, (1 - alpha_bar_t) ** 0.5
-        if self.config.prediction_type == "epsilon":
-            eps = model_output
-            return (x_t - s * eps) / a, eps
-        if self.config.prediction_type == "v_prediction":
-            v = model_output
-            return a * x_t - s * v, a * v + s * x_t
-        x0 = model_output  # "sample"
-        return x0, (x_t - a * x0) / s
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
@@ -124,7 +97,8 @@ class DDIMScheduler(SchedulerFolders):
         alpha_bar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
 
         x_t = sample
-        x0, eps = self._x0_and_eps(model_output, x_t, alpha_bar_t)
+        # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps (DDIM eq. 4)
+        x0, eps = x0_and_eps(model_output, x_t, alpha_bar_t**0.5, (1 - alpha_bar_t) ** 0.5, c.prediction_type)
         if c.thresholding:
             x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
         elif c.clip_sample:
@@ -150,7 +124,7 @@ class DDIMScheduler(SchedulerFolders):
         """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) per sample, in like's dtype, broadcastable to like."""
         timesteps = torch.as_tensor(timesteps, device=like.device)
         alpha_bar = self.alphas_cumprod.to(like.device, like.dtype)[timesteps].flatten()
-        return _append_dims(alpha_bar**0.5, like.ndim), _append_dims((1 - alpha_bar) ** 0.5, like.ndim)
+        return append_dims(alpha_bar**0.5, like.ndim), append_dims((1 - alpha_bar) ** 0.5, like.ndim)
 
     def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
         """Sample q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I) (DDIM eq. 4)."""

@@ -18,24 +18,27 @@ import numpy as np
 import torch
 
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, ScheduleConfig, SchedulerFolders, check_choice,
-                                        check_config, check_num_inference_steps, final_sigma, first_step_index,
-                                        sigmas_at, sigmas_from_alphas_cumprod, solver_alphas_cumprod,
-                                        spaced_timesteps)
+from i2vgen.schedulers.base import SchedulerMixin, SchedulerOutput, SigmaScheduleConfig, check_choice
+from i2vgen.schedulers.schedule import (check_num_inference_steps, final_sigma, first_step_index, make_betas,
+                                        sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
+                                        spaced_timesteps, with_final, x0_and_eps)
+from i2vgen.schedulers.sigmas import formula_sigmas, sigma_to_t
 
 
 @dataclass
-class EulerDiscreteSchedulerConfig(ScheduleConfig):
-    final_sigmas_type: str = "zero"
+class EulerDiscreteSchedulerConfig(SigmaScheduleConfig):
+    interpolation_type: str = "linear"  # sigmas between train steps: "linear" in t, or "log_linear" (see below)
+    sigma_min: float | None = None  # the ends of Karras / exponential / beta sigmas (default: the schedule's)
+    sigma_max: float | None = None
+    timestep_type: str = "discrete"  # "continuous": with v-prediction the model is told 0.25 log sigma
 
 
 @dataclass
-class EulerDiscreteSchedulerOutput:
-    prev_sample: torch.Tensor
+class EulerDiscreteSchedulerOutput(SchedulerOutput):
     pred_original_sample: torch.Tensor  # D(x), the denoised prediction
 
 
-class EulerDiscreteScheduler(SchedulerFolders):
+class EulerDiscreteScheduler(SchedulerMixin):
     """The reference's EulerDiscreteScheduler. Usage:
 
         x = noise * scheduler.init_noise_sigma   (after set_timesteps)
@@ -44,21 +47,29 @@ class EulerDiscreteScheduler(SchedulerFolders):
     """
 
     config_class = EulerDiscreteSchedulerConfig
-    order = 1
     stochastic = False  # churn (s_churn > 0) draws noise only when asked for in step()
 
-    def __init__(self, config: EulerDiscreteSchedulerConfig | None = None, **kwargs):
-        if config is not None and kwargs:
-            raise TypeError("pass either a config or config keys, not both")
-        self.config = c = config if config is not None else self.config_class(**kwargs)
-        check_config(c)
-        check_choice("final_sigmas_type", c.final_sigmas_type, FINAL_SIGMAS_TYPES)
-        self.alphas_cumprod = solver_alphas_cumprod(c)  # alpha_bar_t; the zero-SNR last one is 2**-24
+    def _setup(self):
+        c = self.config
+        check_choice("interpolation_type", c.interpolation_type, ("linear", "log_linear"))
+        check_choice("timestep_type", c.timestep_type, ("discrete", "continuous"))
+        self.betas = make_betas(c)
+        self.alphas_cumprod = solver_alphas_cumprod(c, self.betas)  # alpha_bar_t; the zero-SNR last one is 2**-24
         # Before set_timesteps: every train step, as the reference (init_noise_sigma reads the largest sigma).
-        self.sigmas = torch.cat([sigmas_from_alphas_cumprod(self.alphas_cumprod).flip(0), torch.zeros(1)])
-        self.timesteps = torch.from_numpy(np.arange(c.num_train_timesteps - 1, -1, -1, dtype=np.float32))
+        sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).flip(0)
+        timesteps = torch.from_numpy(np.arange(c.num_train_timesteps - 1, -1, -1, dtype=np.float32))
+        self.timesteps = self._model_timesteps(sigmas, timesteps)
+        self.sigmas = torch.cat([sigmas, torch.zeros(1)])
         self.num_inference_steps = None
         self.step_index = None
+
+    def _model_timesteps(self, sigmas: torch.Tensor, timesteps) -> torch.Tensor:
+        """What the model is told at each step: the timestep, or with continuous timesteps and v-prediction
+        c_noise = log(sigma) / 4 (Karras et al. 2022, Table 1), as the reference."""
+        c = self.config
+        if c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
+            return torch.Tensor([0.25 * sigma.log() for sigma in sigmas])
+        return timesteps
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
@@ -67,18 +78,49 @@ class EulerDiscreteScheduler(SchedulerFolders):
         max_sigma = self.sigmas.max()
         return max_sigma if self.config.timestep_spacing in ("linspace", "trailing") else (max_sigma**2 + 1) ** 0.5
 
-    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None,
+                      sigmas=None) -> None:
+        """The step schedule: num_inference_steps spaced as the config says, or the given `timesteps` (sigmas
+        interpolated at them), or the given `sigmas` (ending with the final one; timesteps interpolated)."""
         c = self.config
-        num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        if c.timestep_spacing == "linspace":  # not rounded: Euler takes fractional timesteps
-            timesteps = np.linspace(0, c.num_train_timesteps - 1, num_inference_steps, dtype=np.float32)[::-1].copy()
+        if sum(x is not None for x in (num_inference_steps, timesteps, sigmas)) != 1:
+            raise ValueError("set_timesteps takes exactly one of num_inference_steps, timesteps and sigmas")
+        if timesteps is not None and (c.use_karras_sigmas or c.use_exponential_sigmas or c.use_beta_sigmas
+                                      or (c.timestep_type == "continuous" and c.prediction_type == "v_prediction")):
+            raise ValueError("timesteps cannot be given with use_karras/exponential/beta_sigmas, which place the "
+                             "steps themselves, nor with continuous timesteps and v-prediction")
+        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
+        if sigmas is not None:
+            sigmas = np.array(sigmas).astype(np.float32)
+            timesteps = sigma_to_t(sigmas[:-1], np.log(train_sigmas))
+            self.num_inference_steps = len(sigmas) - 1
+            self.sigmas = torch.from_numpy(sigmas)
         else:
-            timesteps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps,
-                                         c.steps_offset).astype(np.float32)
-        self.sigmas = sigmas_at(timesteps, self.alphas_cumprod, final_sigma(c, self.alphas_cumprod))
-        self.timesteps = torch.from_numpy(timesteps).to(device=device)
-        self.num_inference_steps = num_inference_steps
+            timesteps = self._spaced(num_inference_steps) if timesteps is None else np.array(timesteps, np.float32)
+            self.num_inference_steps = n = len(timesteps)
+            if c.interpolation_type == "linear":
+                sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+            else:  # evenly in log sigma from the largest to the smallest, n + 1 of them, as the reference
+                sigmas = torch.linspace(np.log(train_sigmas[-1]), np.log(train_sigmas[0]), n + 1).exp().numpy()
+            formula = formula_sigmas(c, sigmas, n)
+            if formula is not None:
+                sigmas, timesteps = formula, sigma_to_t(formula, np.log(train_sigmas))
+            self.sigmas = with_final(sigmas, final_sigma(c, self.alphas_cumprod))
+        timesteps = torch.from_numpy(timesteps.astype(np.float32))
+        self.timesteps = self._model_timesteps(self.sigmas[:-1], timesteps).to(device=device)
         self.step_index = None
+
+    def _spaced(self, num_inference_steps: int) -> np.ndarray:
+        """The config's timestep spacing, as float32: linspace is not rounded (Euler takes fractional timesteps)."""
+        c = self.config
+        n = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
+        if c.timestep_spacing == "linspace":
+            return np.linspace(0, c.num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
+        return spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset).astype(np.float32)
+
+    def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
+        """x = x0 + sigma eps (Karras' variables) at each sample's timestep of the schedule."""
+        return original_samples + noise * sigmas_of(timesteps, self.timesteps, self.sigmas, original_samples)
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """x / sqrt(sigma^2 + 1): Karras' c_in (Table 1, VP column), the sample the model was trained on."""
@@ -99,9 +141,7 @@ class EulerDiscreteScheduler(SchedulerFolders):
         the prediction type (v: D = -sigma / sqrt(sigma^2 + 1) v + x / (sigma^2 + 1)).
         """
         c = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        if self.step_index is None:
+        if self.step_index is None:  # before set_timesteps: on the train steps' schedule, as the reference
             self.step_index = first_step_index(self.timesteps, timestep)
         x = sample.to(torch.float32)
         sigma = self.sigmas[self.step_index]
@@ -111,12 +151,11 @@ class EulerDiscreteScheduler(SchedulerFolders):
             z = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             x = x + z * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
 
-        if c.prediction_type == "epsilon":
-            denoised = x - sigma_hat * model_output
-        elif c.prediction_type == "v_prediction":
-            denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (x / (sigma**2 + 1))
-        else:  # "sample"
-            denoised = model_output
+        if c.prediction_type == "v_prediction":  # v is defined on x_vp = alpha_t x, alpha_t = 1 / sqrt(sigma^2 + 1);
+            # alpha_t x_vp is passed as x / (sigma^2 + 1), the reference's rounding, and sigma_t = sigma alpha_t
+            denoised, _ = x0_and_eps(model_output, x / (sigma**2 + 1), 1, sigma / (sigma**2 + 1) ** 0.5, "v_prediction")
+        else:  # x = x0 + sigma_hat eps
+            denoised, _ = x0_and_eps(model_output, x, 1, sigma_hat, c.prediction_type)
         d = (x - denoised) / sigma_hat
         dt = self.sigmas[self.step_index + 1] - sigma_hat
         x_next = (x + d * dt).to(model_output.dtype)

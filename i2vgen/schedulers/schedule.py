@@ -6,36 +6,18 @@ x_t = alpha_t x0 + sigma_t eps with alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(
 log-SNR lambda_t = log(alpha_t / sigma_t) (DPM-Solver, Lu et al. 2022, sec. 2). The arithmetic reproduces diffusers'
 schedulers bit for bit (betas and sigmas in float32), because a released model was trained on those numbers.
 
-Also here, so that each scheduler file holds only its step: the config checks, from_config / from_pretrained /
-save_pretrained, dynamic thresholding and the data prediction x0 from a model output.
+Also here, so that each scheduler file holds only its step: dynamic thresholding, and the one conversion of a
+model output (eps, v or x0, by prediction type) into the pair (x0, eps) every sampler works with.
 """
 
-import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from i2vgen.loading import Config, read_config, write_config
-
-CONFIG_NAME = "scheduler_config.json"
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 # alpha_bar given to the last train step when a zero-terminal-SNR schedule is used by a solver in sigma form:
 # alpha_bar = 0 would make sigma infinite, so the reference uses 2**-24 (sigma_max ~ 4096), as do we.
 ZERO_SNR_LAST_ALPHA_BAR = 2.0**-24
-
-# Options the reference's configs may carry that i2vgen does not implement, with the value that means "off".
-# A config with the neutral value loads silently; any other value is refused in one line (check_config).
-UNSUPPORTED_KEYS = {
-    "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False,
-    "use_flow_sigmas": False, "use_dynamic_shifting": False, "variance_type": None, "solver_p": None,
-    "timestep_type": "discrete", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
-}
-IGNORED_KEYS = ("flow_shift", "time_shift_type")  # only read by the unsupported flow options above
 
 
 # ---- beta schedules: (num_train_timesteps,) float32 ----
@@ -85,9 +67,9 @@ def make_betas(c) -> torch.Tensor:
     return rescale_zero_terminal_snr(betas) if c.rescale_betas_zero_snr else betas
 
 
-def solver_alphas_cumprod(c) -> torch.Tensor:
+def solver_alphas_cumprod(c, betas: torch.Tensor) -> torch.Tensor:
     """alpha_bar_t for the solvers in sigma form: with zero terminal SNR the last one is 2**-24, not 0."""
-    alphas_cumprod = torch.cumprod(1.0 - make_betas(c), dim=0)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     if c.rescale_betas_zero_snr:
         alphas_cumprod[-1] = ZERO_SNR_LAST_ALPHA_BAR
     return alphas_cumprod
@@ -178,7 +160,11 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 def sigmas_at(timesteps: np.ndarray, alphas_cumprod: torch.Tensor, final_sigma: float) -> torch.Tensor:
     """sigma at each timestep (linearly interpolated in float64, as the reference) plus a final sigma, in float32."""
     sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).numpy()
-    sigmas = np.interp(timesteps, np.arange(len(sigmas)), sigmas)
+    return with_final(np.interp(timesteps, np.arange(len(sigmas)), sigmas), final_sigma)
+
+
+def with_final(sigmas: np.ndarray, final_sigma: float) -> torch.Tensor:
+    """The step schedule's sigmas: `sigmas` then where the last step ends, in float32."""
     return torch.from_numpy(np.concatenate([sigmas, [final_sigma]]).astype(np.float32))
 
 
@@ -204,14 +190,19 @@ def alpha_sigma_lambda(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return alpha_t, sigma_t, log_snr(alpha_t, sigma_t)
 
 
-def data_prediction(model_output, x_t, alpha_t, sigma_t, prediction_type: str) -> torch.Tensor:
-    """x0 from the model output, with x_t = alpha_t x0 + sigma_t eps and v = alpha_t eps - sigma_t x0
-    (Salimans & Ho 2022, sec. 4): the quantity DPM-Solver++ and UniPC integrate."""
+def x0_and_eps(model_output, x_t, alpha_t, sigma_t, prediction_type: str) -> tuple:
+    """The one place the prediction type matters: the model output as the pair (x0, eps), from
+    x_t = alpha_t x0 + sigma_t eps and, for v-prediction, v = alpha_t eps - sigma_t x0 (Salimans & Ho 2022, sec. 4).
+    DDIM passes alpha_t = sqrt(alpha_bar), the solvers alpha_t = 1 / sqrt(sigma^2 + 1), Euler (in Karras' variables,
+    x = x0 + sigma eps) alpha_t = 1. A sampler that needs only one of the pair pays one elementwise op for the other."""
     if prediction_type == "epsilon":
-        return (x_t - sigma_t * model_output) / alpha_t
+        eps = model_output
+        return (x_t - sigma_t * eps) / alpha_t, eps
     if prediction_type == "v_prediction":
-        return alpha_t * x_t - sigma_t * model_output
-    return model_output  # "sample"
+        v = model_output
+        return alpha_t * x_t - sigma_t * v, alpha_t * v + sigma_t * x_t
+    x0 = model_output  # "sample"
+    return x0, (x_t - alpha_t * x0) / sigma_t
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
@@ -222,6 +213,19 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
 
 
+def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) with ndim dimensions, to broadcast per-sample scalars."""
+    return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+def sigmas_of(timesteps, schedule: torch.Tensor, sigmas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The sigma of each of a batch of timesteps (where each sits in the schedule, as first_step_index finds it), in
+    like's dtype and broadcastable to it: for add_noise."""
+    timesteps = torch.as_tensor(timesteps).reshape(-1)
+    positions = [first_step_index(schedule, t) for t in timesteps]
+    return append_dims(sigmas.to(like.device, like.dtype)[positions].flatten(), like.ndim)
+
+
 def first_step_index(timesteps: torch.Tensor, timestep) -> int:
     """Where sampling starts: the position of `timestep` in the schedule (the second one if it appears twice, so
     that a schedule restarted mid-way does not repeat a step, as the reference; the last if absent)."""
@@ -229,88 +233,3 @@ def first_step_index(timesteps: torch.Tensor, timestep) -> int:
     if len(matches) == 0:
         return len(timesteps) - 1
     return int(matches[1 if len(matches) > 1 else 0])
-
-
-# ---- configs and folders ----
-
-def check_choice(key: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
-
-
-@dataclasses.dataclass
-class ScheduleConfig(Config):
-    """The config keys every scheduler shares: the training noise schedule, what the model predicts, and how
-    inference timesteps are placed on it. Each scheduler's config adds its own keys after these."""
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None  # overrides beta_schedule when given
-    prediction_type: str = "epsilon"
-    timestep_spacing: str = "linspace"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
-
-
-def check_config(c) -> None:
-    """The checks every scheduler config gets (each scheduler adds its own choices)."""
-    if c.trained_betas is None:
-        check_choice("beta_schedule", c.beta_schedule, BETA_SCHEDULES)
-    check_choice("timestep_spacing", c.timestep_spacing, TIMESTEP_SPACINGS)
-    check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
-    if not (isinstance(c.num_train_timesteps, int) and c.num_train_timesteps >= 2):
-        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {c.num_train_timesteps!r}")
-    check_betas(c)
-
-
-def check_betas(c) -> None:
-    """Betas lie in [0, 1]: one above 1 makes alpha_bar negative (and its square root NaN), a negative one makes it
-    grow. Read from the config's numbers, not a tensor, so that schedulers can be built under FakeTensorMode."""
-    if c.trained_betas is not None:
-        values, names = c.trained_betas, "trained_betas"
-    elif c.beta_schedule in ("linear", "scaled_linear"):  # every beta lies between these two
-        values, names = (c.beta_start, c.beta_end), "beta_start and beta_end"
-    else:
-        return  # squaredcos_cap_v2 is capped at 0.999 by construction
-    bad = [b for b in values if not (math.isfinite(b) and 0 <= b <= 1)]
-    if bad:
-        raise ValueError(f"{names} must be finite and in [0, 1]; got {bad[0]}")
-
-
-def config_dict(config) -> dict:
-    """A scheduler config (ours, or a dict as diffusers' `scheduler.config` is) as a plain dict."""
-    return config.to_dict() if dataclasses.is_dataclass(config) else dict(config)
-
-
-class SchedulerFolders:
-    """from_config / from_pretrained / save_pretrained for a scheduler whose `config_class` is a Config dataclass.
-    Keys meant for another scheduler (e.g. DDIM's clip_sample when building UniPC from DDIM's config) are dropped,
-    as diffusers does; an override that no scheduler knows, or an unsupported option turned on, is an error."""
-
-    config_class: type
-
-    @classmethod
-    def from_config(cls, config, **overrides):
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
-        bad = sorted(k for k in overrides if k not in names and k not in UNSUPPORTED_KEYS)
-        if bad:
-            raise ValueError(f"{cls.__name__} has no option {bad[0]!r}; its options are {sorted(names)}")
-        d = {**config_dict(config), **overrides}
-        for key, off in UNSUPPORTED_KEYS.items():
-            if key in d and d[key] != off:
-                raise ValueError(f"{cls.__name__}: {key}={d[key]!r} is not supported by i2vgen (use {off!r})")
-        return cls(cls.config_class.from_dict({k: v for k, v in d.items() if k in names}))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None):
-        folder = Path(pretrained_model_name_or_path, subfolder or "")
-        config = read_config(folder, CONFIG_NAME)
-        try:
-            return cls.from_config(config)
-        except (ValueError, TypeError) as error:  # a value of the wrong type, or one no schedule can use
-            raise ValueError(f"{folder / CONFIG_NAME}: {error}") from None
-
-    def save_pretrained(self, save_directory) -> None:
-        write_config(save_directory, type(self).__name__, self.config.to_dict(), CONFIG_NAME)

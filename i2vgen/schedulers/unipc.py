@@ -14,35 +14,28 @@ predict_x0 = True (the data-prediction form the paper recommends for guided samp
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from i2vgen.schedulers.schedule import (FINAL_SIGMAS_TYPES, ScheduleConfig, SchedulerFolders, alpha_sigma_lambda,
-                                        check_choice, check_config, check_num_inference_steps, data_prediction,
-                                        dynamic_threshold, final_sigma, first_step_index, sigmas_at,
-                                        solver_alphas_cumprod, solver_timesteps)
+from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
+from i2vgen.schedulers.schedule import (alpha_sigma, alpha_sigma_lambda, check_num_inference_steps,
+                                        dynamic_threshold, final_sigma, first_step_index, make_betas, sigmas_at,
+                                        sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
+                                        solver_timesteps, with_final, x0_and_eps)
+from i2vgen.schedulers.sigmas import formula_sigmas, sigma_to_t
 
 SOLVER_TYPES = ("bh1", "bh2")
 
 
 @dataclass
-class UniPCMultistepSchedulerConfig(ScheduleConfig):
-    solver_order: int = 2
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
+class UniPCMultistepSchedulerConfig(MultistepConfig):
     predict_x0: bool = True
     solver_type: str = "bh2"
-    lower_order_final: bool = True  # order min(solver_order, steps left) near the end
     disable_corrector: tuple[int, ...] = ()  # step indices whose result is not corrected
-    final_sigmas_type: str = "zero"
+    solver_p: object = None  # the reference's optional helper solver; only None (none) is accepted
 
 
-@dataclass
-class UniPCMultistepSchedulerOutput:
-    prev_sample: torch.Tensor
-
-
-class UniPCMultistepScheduler(SchedulerFolders):
+class UniPCMultistepScheduler(SchedulerMixin):
     """The reference's UniPCMultistepScheduler. Usage, as DDIM's:
 
         scheduler.set_timesteps(15)
@@ -54,37 +47,55 @@ class UniPCMultistepScheduler(SchedulerFolders):
     """
 
     config_class = UniPCMultistepSchedulerConfig
-    order = 1  # one model evaluation per step
     init_noise_sigma = 1.0
     stochastic = False
 
-    def __init__(self, config: UniPCMultistepSchedulerConfig | None = None, **kwargs):
-        if config is not None and kwargs:
-            raise TypeError("pass either a config or config keys, not both")
-        self.config = c = config if config is not None else self.config_class(**kwargs)
-        check_config(c)
+    @classmethod
+    def _translate(cls, keys: dict) -> dict:
+        """As the reference: another solver family's solver_type becomes UniPC's default "bh2"."""
+        if keys.get("solver_type") in ("midpoint", "heun", "logrho"):
+            return {**keys, "solver_type": "bh2"}
+        return keys
+
+    def _setup(self):
+        c = self.config
         check_choice("solver_type", c.solver_type, SOLVER_TYPES)
         check_choice("solver_order", c.solver_order, (1, 2, 3))
-        check_choice("final_sigmas_type", c.final_sigmas_type, FINAL_SIGMAS_TYPES)
         check_choice("predict_x0", c.predict_x0, (True,))
-        self.alphas_cumprod = solver_alphas_cumprod(c)  # alpha_bar_t; the zero-SNR last one is 2**-24
+        self.betas = make_betas(c)
+        self.alphas_cumprod = solver_alphas_cumprod(c, self.betas)  # alpha_bar_t; the zero-SNR last one is 2**-24
         self.num_inference_steps = None
         self.timesteps = self.sigmas = None
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
         num_inference_steps = check_num_inference_steps(num_inference_steps, c.num_train_timesteps)
-        timesteps = solver_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
-        self.sigmas = sigmas_at(timesteps, self.alphas_cumprod, final_sigma(c, self.alphas_cumprod))
+        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
+        sigmas = formula_sigmas(c, np.flip(train_sigmas).copy(), num_inference_steps)
+        if sigmas is None:
+            timesteps = solver_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps,
+                                         c.steps_offset)
+            self.sigmas = sigmas_at(timesteps, self.alphas_cumprod, final_sigma(c, self.alphas_cumprod))
+        else:  # "sigma_min" ends at the formula's last sigma here, not at train step 0's (as the reference)
+            timesteps = sigma_to_t(sigmas, np.log(train_sigmas))
+            if c.use_karras_sigmas:
+                timesteps = timesteps.round()  # the reference rounds Karras timesteps only
+            self.sigmas = with_final(sigmas, 0.0 if c.final_sigmas_type == "zero" else sigmas[-1])
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
         self.model_outputs = []  # x0 predictions of the last solver_order steps, oldest first
+        self.lower_order_nums = 0  # steps taken so far (up to solver_order): the warm-up uses lower orders
         self.last_sample = None  # x_s of the previous step, for its corrector
         self.this_order = None  # the order of the previous step's predictor
         self.step_index = None
 
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return sample  # the solver feeds x_t to the model unscaled
+
+    def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
+        """x_t = alpha_t x0 + sigma_t eps at each sample's timestep of the step schedule (call set_timesteps first)."""
+        alpha_t, sigma_t = alpha_sigma(sigmas_of(timesteps, self.timesteps, self.sigmas, original_samples))
+        return alpha_t * original_samples + sigma_t * noise
 
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         """Correct the previous step's result with this model output (UniC), then predict the next sample (UniP)."""
@@ -95,7 +106,7 @@ class UniPCMultistepScheduler(SchedulerFolders):
             self.step_index = first_step_index(self.timesteps, timestep)
         i = self.step_index
         alpha, sigma, _ = alpha_sigma_lambda(self.sigmas[i])
-        x0 = data_prediction(model_output, sample, alpha, sigma, c.prediction_type)
+        x0, _ = x0_and_eps(model_output, sample, alpha, sigma, c.prediction_type)
         if c.thresholding:
             x0 = dynamic_threshold(x0, c.dynamic_thresholding_ratio, c.sample_max_value)
 
@@ -103,12 +114,13 @@ class UniPCMultistepScheduler(SchedulerFolders):
             sample = self._corrector(x0, self.last_sample, sample, self.this_order)
         self.model_outputs = (self.model_outputs + [x0])[-c.solver_order:]
         order = min(c.solver_order, len(self.timesteps) - i) if c.lower_order_final else c.solver_order
-        self.this_order = min(order, len(self.model_outputs))  # warm-up: as many as there are
+        self.this_order = min(order, self.lower_order_nums + 1)  # warm-up: as many as there are
         self.last_sample = sample
         x_t = self._predictor(sample, self.this_order)
 
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
         self.step_index += 1
-        return UniPCMultistepSchedulerOutput(prev_sample=x_t) if return_dict else (x_t,)
+        return SchedulerOutput(prev_sample=x_t) if return_dict else (x_t,)
 
     def _coefficients(self, h: torch.Tensor, rks: list, order: int):
         """The B(h) and the order conditions of UniPC (Algorithm 2 / eq. 8 with B(h)): with hh = -h (data
