@@ -93,8 +93,7 @@ class DDIMScheduler(SchedulerMixin):
         # The previous step is t - T // n for every spacing, as in the reference (exact for "leading").
         t = train_step(timestep, c.num_train_timesteps)
         t_prev = t - c.num_train_timesteps // self.num_inference_steps
-        alpha_bar_t = self.alphas_cumprod[t]
-        alpha_bar_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
+        alpha_bar_t, alpha_bar_prev = self._alpha_bars(t, t_prev)
 
         x_t = sample
         # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps (DDIM eq. 4)
@@ -106,8 +105,7 @@ class DDIMScheduler(SchedulerMixin):
         if use_clipped_model_output:  # eps consistent with the clipped x0
             eps = (x_t - alpha_bar_t**0.5 * x0) / (1 - alpha_bar_t) ** 0.5
 
-        variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)  # eq. 16 / eta^2
-        sigma_t = eta * variance**0.5
+        sigma_t = eta * self._get_variance(t, t_prev) ** 0.5
         x_prev = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev - sigma_t**2) ** 0.5 * eps  # eq. 12
         if eta > 0:
             if variance_noise is None:
@@ -117,6 +115,16 @@ class DDIMScheduler(SchedulerMixin):
         if not return_dict:
             return x_prev, x0
         return DDIMSchedulerOutput(prev_sample=x_prev, pred_original_sample=x0)
+
+    def _alpha_bars(self, t: int, t_prev: int):
+        """alpha_bar at t and at the previous step (final_alpha_cumprod before the first train step)."""
+        return self.alphas_cumprod[t], self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
+
+    def _get_variance(self, t: int, t_prev: int) -> torch.Tensor:
+        """sigma_t^2 / eta^2 of DDIM eq. 16: (1 - alpha_bar_prev) / (1 - alpha_bar_t) (1 - alpha_bar_t / alpha_bar_prev)
+        (the reference's name)."""
+        alpha_bar_t, alpha_bar_prev = self._alpha_bars(t, t_prev)
+        return (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
 
     # ---- training-side helpers ----
 

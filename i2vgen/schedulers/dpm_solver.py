@@ -23,7 +23,7 @@ import torch
 
 from i2vgen.noise import randn_tensor
 from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
-from i2vgen.schedulers.schedule import (alpha_sigma, alpha_sigma_lambda, check_num_inference_steps,
+from i2vgen.schedulers.schedule import (alpha_sigma, as_numpy, alpha_sigma_lambda, check_num_inference_steps,
                                         dynamic_threshold, final_sigma, first_step_index, log_snr, make_betas,
                                         sigmas_at, sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         solver_timesteps, with_final, x0_and_eps)
@@ -117,7 +117,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                 clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), c.lambda_min_clipped))
                 timesteps = solver_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset,
                                              last_timestep=c.num_train_timesteps - clipped)
-            timesteps = np.array(timesteps).astype(np.int64)
+            timesteps = as_numpy(timesteps, np.int64)
             self.sigmas = sigmas_at(timesteps, self.alphas_cumprod, last)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)

@@ -19,7 +19,7 @@ import torch
 
 from i2vgen.noise import randn_tensor
 from i2vgen.schedulers.base import SchedulerMixin, SchedulerOutput, SigmaScheduleConfig, check_choice
-from i2vgen.schedulers.schedule import (check_num_inference_steps, final_sigma, first_step_index, make_betas,
+from i2vgen.schedulers.schedule import (as_numpy, check_num_inference_steps, final_sigma, first_step_index, make_betas,
                                         sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         spaced_timesteps, with_final, x0_and_eps)
 from i2vgen.schedulers.sigmas import formula_sigmas, sigma_to_t
@@ -91,12 +91,12 @@ class EulerDiscreteScheduler(SchedulerMixin):
                              "steps themselves, nor with continuous timesteps and v-prediction")
         train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
         if sigmas is not None:
-            sigmas = np.array(sigmas).astype(np.float32)
+            sigmas = as_numpy(sigmas, np.float32)
             timesteps = sigma_to_t(sigmas[:-1], np.log(train_sigmas))
             self.num_inference_steps = len(sigmas) - 1
             self.sigmas = torch.from_numpy(sigmas)
         else:
-            timesteps = self._spaced(num_inference_steps) if timesteps is None else np.array(timesteps, np.float32)
+            timesteps = self._spaced(num_inference_steps) if timesteps is None else as_numpy(timesteps, np.float32)
             self.num_inference_steps = n = len(timesteps)
             if c.interpolation_type == "linear":
                 sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)

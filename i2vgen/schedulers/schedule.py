@@ -95,6 +95,13 @@ def linspace_timesteps(num_train_timesteps: int, n: int) -> np.ndarray:
     return np.linspace(0, num_train_timesteps - 1, n).round()[::-1].astype(np.int64)
 
 
+def as_numpy(values, dtype) -> np.ndarray:
+    """User-given timesteps or sigmas (a list, an array or a tensor) as a numpy array of dtype."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.array(values).astype(dtype)
+
+
 def check_num_inference_steps(n, num_train_timesteps: int) -> int:
     """A step count is an integer between 1 and the number of train steps."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= num_train_timesteps:
