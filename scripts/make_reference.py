@@ -39,7 +39,7 @@ import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "dropin", "lora")
+PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "sampler_options", "dropin", "lora")
 
 # The released checkpoint's scheduler (ali-vilab/i2vgen-xl scheduler/scheduler_config.json).
 RELEASED_DDIM = dict(
@@ -536,6 +536,8 @@ def main() -> None:
             make_pipeline(args.out, args.alt)
         elif part == "samplers":
             make_samplers(args.out, args.alt)
+        elif part == "sampler_options":
+            make_sampler_options(args.out, args.alt)
         elif part == "dropin":
             make_dropin(args.out, args.alt)
         elif part == "lora":
@@ -953,37 +955,15 @@ def sampler_cases(alt: bool) -> dict:
     return cases
 
 
-def sampler_pipeline_calls(alt: bool) -> dict:
-    """Tiny-pipeline calls with another scheduler swapped in: name -> scheduler, overrides, call kwargs."""
-    steps = 5 if alt else 4
-    tr = dict(timestep_spacing="trailing")
-    return {
-        "unipc": dict(cls="UniPCMultistepScheduler", overrides=dict(tr), kwargs=dict(num_inference_steps=steps)),
-        "unipc_bh1_o3": dict(cls="UniPCMultistepScheduler",
-                             overrides=dict(tr, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
-                             kwargs=dict(num_inference_steps=steps + 1)),
-        "dpm_2m_zero": dict(cls="DPMSolverMultistepScheduler", overrides=dict(tr, final_sigmas_type="zero"),
-                            kwargs=dict(num_inference_steps=steps)),
-        "sde_dpm_2m": dict(cls="DPMSolverMultistepScheduler",
-                           overrides=dict(tr, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"),
-                           kwargs=dict(num_inference_steps=steps)),
-        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr),
-                               kwargs=dict(num_inference_steps=steps)),
-        "euler_leading": dict(cls="EulerDiscreteScheduler", overrides=dict(), kwargs=dict(num_inference_steps=steps)),
-    }
-
-
-def make_samplers(out: Path, alt: bool) -> None:
+def record_step_sequences(folder: Path, cases: dict, alt: bool, seed_base: int) -> None:
+    """Per case: the scheduler's saved config, and in steps.safetensors its timesteps, sigmas, init_noise_sigma, the
+    initial sample and per step the model input, a stand-in model output and the sample step() returned."""
     import diffusers.schedulers as ds
-    import numpy as np
-    from PIL import Image
-    from diffusers import I2VGenXLPipeline
 
-    folder = fresh_dir(out / "samplers")
     tensors, meta = {}, {}
     shape = (2, 3, 2, 3) if alt else (3, 2, 2, 3)  # 4-D like the pipeline's (B F) C h w latents
     released = DDIMScheduler(**RELEASED_DDIM).config
-    for idx, (name, case) in enumerate(sampler_cases(alt).items()):
+    for idx, (name, case) in enumerate(cases.items()):
         cls = getattr(ds, case["cls"])
         if case.get("base") == "default":
             sched = cls(**case["overrides"])
@@ -994,7 +974,7 @@ def make_samplers(out: Path, alt: bool) -> None:
         tensors[f"{name}/timesteps"] = sched.timesteps.clone()
         tensors[f"{name}/sigmas"] = sched.sigmas.clone()
         tensors[f"{name}/init_noise_sigma"] = torch.as_tensor(sched.init_noise_sigma, dtype=torch.float32)
-        data_gen = torch.Generator().manual_seed(700 + idx + (1000 if alt else 0))
+        data_gen = torch.Generator().manual_seed(seed_base + idx + (1000 if alt else 0))
         sample = randn(data_gen, *shape) * sched.init_noise_sigma
         tensors[f"{name}/sample"] = sample
         step_gen = torch.Generator().manual_seed(case["seed"]) if "seed" in case else None
@@ -1016,6 +996,93 @@ def make_samplers(out: Path, alt: bool) -> None:
               f"final |x| {sample.abs().max().item():.3f}")
     save_tensors(folder / "steps.safetensors", tensors)
     write_json(folder / "cases.json", meta)
+
+
+def sampler_pipeline_calls(alt: bool) -> dict:
+    """Tiny-pipeline calls with another scheduler swapped in: name -> scheduler, overrides, call kwargs."""
+    steps = 5 if alt else 4
+    tr = dict(timestep_spacing="trailing")
+    return {
+        "unipc": dict(cls="UniPCMultistepScheduler", overrides=dict(tr), kwargs=dict(num_inference_steps=steps)),
+        "unipc_bh1_o3": dict(cls="UniPCMultistepScheduler",
+                             overrides=dict(tr, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
+                             kwargs=dict(num_inference_steps=steps + 1)),
+        "dpm_2m_zero": dict(cls="DPMSolverMultistepScheduler", overrides=dict(tr, final_sigmas_type="zero"),
+                            kwargs=dict(num_inference_steps=steps)),
+        "sde_dpm_2m": dict(cls="DPMSolverMultistepScheduler",
+                           overrides=dict(tr, algorithm_type="sde-dpmsolver++", final_sigmas_type="zero"),
+                           kwargs=dict(num_inference_steps=steps)),
+        "euler_trailing": dict(cls="EulerDiscreteScheduler", overrides=dict(tr),
+                               kwargs=dict(num_inference_steps=steps)),
+        "euler_leading": dict(cls="EulerDiscreteScheduler", overrides=dict(), kwargs=dict(num_inference_steps=steps)),
+    }
+
+
+def sampler_option_cases(alt: bool) -> dict:
+    """Issue 27's options: sigmas placed by a formula (Karras, exponential, beta, Lu), DPM-Solver's noise-prediction
+    algorithm types, Euler's log-linear interpolation and continuous timesteps. `base: "default"` as in
+    sampler_cases; the others start from the released config."""
+    d, tr = "default", dict(timestep_spacing="trailing")
+    dpm, unipc, euler = "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "EulerDiscreteScheduler"
+    cases = {
+        # On the released (cosine) schedule the largest Karras/beta sigmas all map to t = 998-999: duplicated
+        # timesteps, on which the reference's step lookup skips a step and then overruns (IndexError, DPM) or
+        # repeats one; so these cases use SD's scaled_linear schedule (the cosine ones go through Lu and exponential).
+        "dpm_karras_v": dict(cls=dpm, base=d, overrides=dict(use_karras_sigmas=True, beta_schedule="scaled_linear",
+                                                             prediction_type="v_prediction"), steps=10),
+        "dpm_karras_eps_default": dict(cls=dpm, base=d, overrides=dict(use_karras_sigmas=True), steps=12),
+        "dpm_exponential_default": dict(cls=dpm, base=d, overrides=dict(use_exponential_sigmas=True), steps=9),
+        "dpm_beta_v_default": dict(cls=dpm, base=d, overrides=dict(use_beta_sigmas=True,
+                                                                   prediction_type="v_prediction"), steps=10),
+        "dpm_lu_default": dict(cls=dpm, base=d, overrides=dict(use_lu_lambdas=True), steps=10),
+        "dpm_lu_3m": dict(cls=dpm, overrides=dict(use_lu_lambdas=True, solver_order=3), steps=12),
+        "dpm_noise_2m_sigma_min": dict(cls=dpm, overrides=dict(tr, algorithm_type="dpmsolver",
+                                                               final_sigmas_type="sigma_min"), steps=10),
+        "dpm_noise_3m_default": dict(cls=dpm, base=d, overrides=dict(algorithm_type="dpmsolver", solver_order=3,
+                                                                     final_sigmas_type="sigma_min"), steps=16),
+        "dpm_noise_heun_threshold": dict(cls=dpm, base=d, overrides=dict(
+            algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min", thresholding=True,
+            sample_max_value=1.5, prediction_type="sample"), steps=8),
+        "sde_dpm_noise_2m": dict(cls=dpm, overrides=dict(tr, algorithm_type="sde-dpmsolver",
+                                                         final_sigmas_type="sigma_min"), steps=10, seed=41),
+        "sde_dpm_noise_heun_default": dict(cls=dpm, base=d, overrides=dict(
+            algorithm_type="sde-dpmsolver", solver_type="heun", final_sigmas_type="sigma_min"), steps=9, seed=42),
+        "unipc_karras_v": dict(cls=unipc, base=d, overrides=dict(use_karras_sigmas=True, beta_schedule="scaled_linear",
+                                                                 prediction_type="v_prediction"), steps=10),
+        "unipc_karras_sigma_min_default": dict(cls=unipc, base=d, overrides=dict(use_karras_sigmas=True,
+                                                                                 final_sigmas_type="sigma_min"),
+                                               steps=11),
+        "unipc_exponential_default": dict(cls=unipc, base=d, overrides=dict(use_exponential_sigmas=True), steps=9),
+        "unipc_beta_3": dict(cls=unipc, base=d, overrides=dict(use_beta_sigmas=True, solver_order=3,
+                                                              beta_schedule="scaled_linear"), steps=10),
+        "euler_karras_default": dict(cls=euler, base=d, overrides=dict(use_karras_sigmas=True), steps=10),
+        "euler_karras_bounds_default": dict(cls=euler, base=d, overrides=dict(
+            use_karras_sigmas=True, sigma_min=0.02, sigma_max=100.0), steps=10),
+        "euler_exponential": dict(cls=euler, overrides=dict(tr, use_exponential_sigmas=True), steps=8),
+        "euler_beta_default": dict(cls=euler, base=d, overrides=dict(use_beta_sigmas=True), steps=9),
+        "euler_log_linear_default": dict(cls=euler, base=d, overrides=dict(interpolation_type="log_linear"), steps=8),
+        "euler_continuous_v_default": dict(cls=euler, base=d, overrides=dict(
+            timestep_type="continuous", prediction_type="v_prediction"), steps=10),
+    }
+    if alt:
+        for i, case in enumerate(cases.values()):
+            case["steps"] += 1 + i % 3
+            if "seed" in case:
+                case["seed"] += 100
+    return cases
+
+
+def make_sampler_options(out: Path, alt: bool) -> None:
+    record_step_sequences(fresh_dir(out / "sampler_options"), sampler_option_cases(alt), alt, seed_base=900)
+
+
+def make_samplers(out: Path, alt: bool) -> None:
+    import diffusers.schedulers as ds
+    import numpy as np
+    from PIL import Image
+    from diffusers import I2VGenXLPipeline
+
+    record_step_sequences(fresh_dir(out / "samplers"), sampler_cases(alt), alt, seed_base=700)
 
     # --- whole tiny-pipeline calls with each scheduler (the pipeline part's saved model, same call as its "cfg")
     pipe_dir = out / "pipeline"

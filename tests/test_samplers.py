@@ -1,6 +1,8 @@
 """UniPC, DPM-Solver++ and Euler against diffusers 0.35.2, step by step and in the whole tiny pipeline.
 
-tests/fixtures/samplers (scripts/make_reference.py --only samplers): per case the reference's saved
+tests/fixtures/samplers (scripts/make_reference.py --only samplers), and tests/fixtures/sampler_options for the
+options of issue 27 (Karras / exponential / beta sigmas, Lu lambdas, DPM-Solver's noise-prediction algorithms,
+Euler's log-linear interpolation and continuous timesteps; --only sampler_options): per case the reference's saved
 scheduler_config.json, and in steps.safetensors its timesteps, sigmas, init_noise_sigma, the initial sample, and per
 step the model input (after scale_model_input), the model output fed to it and the sample it returned. Most cases
 are the released config (squaredcos_cap_v2, zero terminal SNR, v-prediction) with the overrides users write.
@@ -27,6 +29,8 @@ from i2vgen.schedulers.schedule import solver_timesteps
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
 SAMPLERS = FIXTURES / "samplers"
 CASES = json.loads((SAMPLERS / "cases.json").read_text())
+OPTIONS = FIXTURES / "sampler_options"
+OPTION_CASES = json.loads((OPTIONS / "cases.json").read_text())
 PIPELINE_CALLS = json.loads((SAMPLERS / "pipeline_calls.json").read_text())
 
 # Steps: we do the reference's float32 arithmetic in the same order, so the sequences are bit-identical on the
@@ -40,11 +44,16 @@ def recorded():
     return load_file(SAMPLERS / "steps.safetensors")
 
 
-def replay(name: str, recorded: dict) -> list[tuple[str, float]]:
+@pytest.fixture(scope="module")
+def recorded_options():
+    return load_file(OPTIONS / "steps.safetensors")
+
+
+def replay(name: str, recorded: dict, folder: Path = SAMPLERS) -> list[tuple[str, float]]:
     """Run our scheduler (loaded from the reference's saved config) on the recorded model outputs, feeding it its
     own samples; return (what, relative error) for every compared tensor."""
-    case = CASES[name]
-    scheduler = SCHEDULERS[case["cls"]].from_pretrained(SAMPLERS / name)
+    case = json.loads((folder / "cases.json").read_text())[name]
+    scheduler = SCHEDULERS[case["cls"]].from_pretrained(folder / name)
     scheduler.set_timesteps(case["num_inference_steps"])
     assert torch.equal(scheduler.timesteps, recorded[f"{name}/timesteps"])
     assert scheduler.timesteps.dtype == recorded[f"{name}/timesteps"].dtype
@@ -65,6 +74,14 @@ def replay(name: str, recorded: dict) -> list[tuple[str, float]]:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_step_sequence_matches_reference(name, recorded):
     worst = max(replay(name, recorded), key=lambda e: e[1])
+    assert worst[1] <= STEP_RTOL, f"{name}: {worst[0]} relative error {worst[1]:.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_CASES))
+def test_option_step_sequence_matches_reference(name, recorded_options):
+    """Timesteps and sigmas exactly; steps to STEP_RTOL (the Beta quantile is ours, sigmas.beta_ppf, within 1e-15
+    of scipy's: its sigmas still come out identical in float32)."""
+    worst = max(replay(name, recorded_options, OPTIONS), key=lambda e: e[1])
     assert worst[1] <= STEP_RTOL, f"{name}: {worst[0]} relative error {worst[1]:.2e}"
 
 
