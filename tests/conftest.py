@@ -66,7 +66,8 @@ def micro_pipeline(folder: Path) -> Path:
     from i2vgen.models.vae import AutoencoderKL
     from i2vgen.pipelines.clip import CLIPImageProcessor
     from i2vgen.schedulers.ddim import DDIMScheduler
-    from i2vgen.training.demo import RELEASED_SCHEDULER, WORDS
+    from i2vgen.schedulers.base import RELEASED_SCHEDULER_CONFIG
+    from i2vgen.training.demo import WORDS
     from i2vgen.training.tokenizer import write_clip_tokenizer
 
     write_clip_tokenizer(folder / "tokenizer-files", WORDS, model_max_length=8)
@@ -81,7 +82,7 @@ def micro_pipeline(folder: Path) -> Path:
         tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer-files"),
         image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=16, patch_size=8, **tower)),
         feature_extractor=CLIPImageProcessor(crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
-        unet=tiny_unet(), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
+        unet=tiny_unet(), scheduler=DDIMScheduler(**RELEASED_SCHEDULER_CONFIG),
     )
     pipe.save_pretrained(folder / "base")
     return folder / "base"

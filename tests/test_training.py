@@ -22,7 +22,8 @@ from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMotion, is_heldout, render_clip,
                                   sample_spec)
-from i2vgen.training.demo import MAX_TOKENS, RELEASED_SCHEDULER, WORDS, clip_encoders, pretrain_text_encoder
+from i2vgen.schedulers.base import RELEASED_SCHEDULER_CONFIG
+from i2vgen.training.demo import MAX_TOKENS, WORDS, clip_encoders, pretrain_text_encoder
 from i2vgen.training.tokenizer import write_clip_tokenizer
 from i2vgen.training.train import EMA, offset_noise, sample_timesteps, train, v_prediction_loss
 
@@ -129,7 +130,7 @@ def test_image_latents_follow_the_pipeline_layout():
 
 def test_loss_is_the_velocity_mse_and_decreases():
     torch.manual_seed(0)
-    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER_CONFIG)
     x0 = torch.randn(2, 4, 3, 8, 8)
     conditions = dict(fps=torch.tensor([16, 16]), image_latents=image_latents_from(x0[:, :, 0], 3),
                       image_embeddings=torch.randn(2, 1, 8), encoder_hidden_states=torch.randn(2, 5, 8))
@@ -174,7 +175,7 @@ def test_timestep_sampling_is_uniform_unless_high_noise_is_asked_for():
 @pytest.mark.parametrize("with_lora", [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(with_lora):
     torch.manual_seed(0)
-    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER)
+    unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER_CONFIG)
     if with_lora:  # only the adapter trains; its B made non-zero (at zero, A gets no gradient)
         from i2vgen import lora  # needs peft: the `lora` extra, which the `test` extra installs
         lora.add_adapter(unet, lora.LoraSettings(rank=2, dropout=0.1))

@@ -30,6 +30,7 @@ from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
 from i2vgen.models.model_api import ModelAPIMixin
+from i2vgen.outputs import BaseOutput
 from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
 from i2vgen.models.unet_blocks import DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
 
@@ -68,7 +69,7 @@ class I2VGenXLUNetConfig(Config):
 
 
 @dataclass
-class UNet3DConditionOutput:
+class UNet3DConditionOutput(BaseOutput):
     sample: torch.Tensor  # (B, out_channels, F, H, W)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.attention import Attention
 from i2vgen.models.model_api import ModelAPIMixin
+from i2vgen.outputs import BaseOutput
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from i2vgen.noise import randn_tensor
 
@@ -56,12 +57,12 @@ class AutoencoderKLConfig(Config):
 
 
 @dataclass
-class AutoencoderKLOutput:
+class AutoencoderKLOutput(BaseOutput):
     latent_dist: "DiagonalGaussianDistribution"
 
 
 @dataclass
-class DecoderOutput:
+class DecoderOutput(BaseOutput):
     sample: torch.Tensor
 
 

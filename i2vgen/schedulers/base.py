@@ -20,6 +20,7 @@ import numpy as np
 
 from i2vgen.loading import Config, _listify, _tuplify, read_config, write_config
 from i2vgen.outputs import BaseOutput
+from i2vgen.schedulers.schedule import first_step_index
 
 CONFIG_NAME = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -180,6 +181,7 @@ class SchedulerMixin:
     config_name = CONFIG_NAME
     order = 1  # model evaluations per step
     _deprecated_kwargs = ()  # diffusers' name for constructor keys kept only for old configs: none here
+    begin_index = None
 
     def __init_subclass__(cls, **kwargs):
         """Registers the class (for `compatibles` and loading by `_class_name`) and gives its constructor the
@@ -218,6 +220,17 @@ class SchedulerMixin:
 
     def _setup(self) -> None:
         raise NotImplementedError
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Where in the step schedule sampling starts (a pipeline sets 0 before its loop; set_timesteps clears it).
+        Without it, a sigma-form sampler finds its place from the first timestep it is given (first_step_index):
+        ambiguous when the schedule repeats a timestep, as Karras sigmas on a zero-terminal-SNR schedule do."""
+        self.begin_index = begin_index
+
+    def _init_step_index(self, timestep) -> None:
+        self.step_index = self.begin_index
+        if self.step_index is None:
+            self.step_index = first_step_index(self.timesteps, timestep)
 
     def register_to_config(self, **keys) -> None:
         """Adds or replaces config keys (saved with the config; the tables built from it are not rebuilt)."""

@@ -24,7 +24,7 @@ import torch
 from i2vgen.noise import randn_tensor
 from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
 from i2vgen.schedulers.schedule import (alpha_sigma, as_numpy, alpha_sigma_lambda, check_num_inference_steps,
-                                        dynamic_threshold, final_sigma, first_step_index, log_snr, make_betas,
+                                        dynamic_threshold, final_sigma,  log_snr, make_betas,
                                         sigmas_at, sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         solver_timesteps, with_final, x0_and_eps)
 from i2vgen.schedulers.sigmas import formula_sigmas, lu_sigmas, sigma_to_t
@@ -123,7 +123,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self.num_inference_steps = len(timesteps)
         self.model_outputs = []  # converted outputs of the last solver_order steps, oldest first
         self.lower_order_nums = 0  # steps taken so far (up to solver_order): the warm-up uses lower orders
-        self.step_index = None
+        self.step_index = self.begin_index = None
 
     def _formula_sigmas(self, train_sigmas: np.ndarray, n: int) -> np.ndarray:
         """Karras / exponential / beta sigmas (sigmas.py), or Lu's evenly spaced log-SNR."""
@@ -173,7 +173,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self.step_index is None:
-            self.step_index = first_step_index(self.timesteps, timestep)
+            self._init_step_index(timestep)
         i, n = self.step_index, len(self.timesteps)
         final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
         second_last = i == n - 2 and c.lower_order_final and n < 15

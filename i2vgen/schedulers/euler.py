@@ -19,7 +19,7 @@ import torch
 
 from i2vgen.noise import randn_tensor
 from i2vgen.schedulers.base import SchedulerMixin, SchedulerOutput, SigmaScheduleConfig, check_choice
-from i2vgen.schedulers.schedule import (as_numpy, check_num_inference_steps, final_sigma, first_step_index, make_betas,
+from i2vgen.schedulers.schedule import (as_numpy, check_num_inference_steps, final_sigma, make_betas,
                                         sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         spaced_timesteps, with_final, x0_and_eps)
 from i2vgen.schedulers.sigmas import formula_sigmas, sigma_to_t
@@ -61,7 +61,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
         self.timesteps = self._model_timesteps(sigmas, timesteps)
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
         self.num_inference_steps = None
-        self.step_index = None
+        self.step_index = self.begin_index = None
 
     def _model_timesteps(self, sigmas: torch.Tensor, timesteps) -> torch.Tensor:
         """What the model is told at each step: the timestep, or with continuous timesteps and v-prediction
@@ -108,7 +108,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
             self.sigmas = with_final(sigmas, final_sigma(c, self.alphas_cumprod))
         timesteps = torch.from_numpy(timesteps.astype(np.float32))
         self.timesteps = self._model_timesteps(self.sigmas[:-1], timesteps).to(device=device)
-        self.step_index = None
+        self.step_index = self.begin_index = None
 
     def _spaced(self, num_inference_steps: int) -> np.ndarray:
         """The config's timestep spacing, as float32: linspace is not rounded (Euler takes fractional timesteps)."""
@@ -125,7 +125,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """x / sqrt(sigma^2 + 1): Karras' c_in (Table 1, VP column), the sample the model was trained on."""
         if self.step_index is None:
-            self.step_index = first_step_index(self.timesteps, timestep)
+            self._init_step_index(timestep)
         sigma = self.sigmas[self.step_index]
         return sample / ((sigma**2 + 1) ** 0.5)
 
@@ -142,7 +142,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
         """
         c = self.config
         if self.step_index is None:  # before set_timesteps: on the train steps' schedule, as the reference
-            self.step_index = first_step_index(self.timesteps, timestep)
+            self._init_step_index(timestep)
         x = sample.to(torch.float32)
         sigma = self.sigmas[self.step_index]
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0

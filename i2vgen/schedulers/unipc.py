@@ -19,7 +19,7 @@ import torch
 
 from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
 from i2vgen.schedulers.schedule import (alpha_sigma, alpha_sigma_lambda, check_num_inference_steps,
-                                        dynamic_threshold, final_sigma, first_step_index, make_betas, sigmas_at,
+                                        dynamic_threshold, final_sigma,  make_betas, sigmas_at,
                                         sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         solver_timesteps, with_final, x0_and_eps)
 from i2vgen.schedulers.sigmas import formula_sigmas, sigma_to_t
@@ -87,7 +87,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         self.lower_order_nums = 0  # steps taken so far (up to solver_order): the warm-up uses lower orders
         self.last_sample = None  # x_s of the previous step, for its corrector
         self.this_order = None  # the order of the previous step's predictor
-        self.step_index = None
+        self.step_index = self.begin_index = None
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return sample  # the solver feeds x_t to the model unscaled
@@ -103,7 +103,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self.step_index is None:
-            self.step_index = first_step_index(self.timesteps, timestep)
+            self._init_step_index(timestep)
         i = self.step_index
         alpha, sigma, _ = alpha_sigma_lambda(self.sigmas[i])
         x0, _ = x0_and_eps(model_output, sample, alpha, sigma, c.prediction_type)

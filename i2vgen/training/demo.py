@@ -29,6 +29,7 @@ from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text
 from i2vgen.loading import save_components
 from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.models.vae import AutoencoderKL
+from i2vgen.schedulers.base import RELEASED_SCHEDULER_CONFIG
 from i2vgen.schedulers.ddim import DDIMScheduler
 from i2vgen.training.data import BASE_COLORS, DIRECTIONS, SHAPES, render_frame, sample_spec, to_tensor
 from i2vgen.training.tokenizer import write_clip_tokenizer
@@ -40,12 +41,6 @@ MAX_TOKENS = 16  # captions are 7 tokens with BOS and EOS
 CLIP_IMAGE_SIZE = 32
 FRAME_SIZE = 64
 
-# The released model's scheduler (REFERENCE.md): zero-terminal-SNR cosine schedule, v-prediction.
-RELEASED_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True,
-    prediction_type="v_prediction", set_alpha_to_one=True, clip_sample=False, steps_offset=1,
-    timestep_spacing="leading",
-)
 VAE_CONFIG = dict(
     block_out_channels=(16, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8, sample_size=FRAME_SIZE,
@@ -181,7 +176,7 @@ def build_base(out, vae_steps: int, seed: int = 0, vae_from=None) -> None:
         image_encoder=image_encoder,
         feature_extractor=CLIPImageProcessor(crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
                                              size={"shortest_edge": CLIP_IMAGE_SIZE}),
-        unet=I2VGenXLUNet(**UNET_CONFIG), scheduler=DDIMScheduler(**RELEASED_SCHEDULER),
+        unet=I2VGenXLUNet(**UNET_CONFIG), scheduler=DDIMScheduler(**RELEASED_SCHEDULER_CONFIG),
     )
     shutil.rmtree(out, ignore_errors=True)
     save_components(out, components)
