@@ -335,6 +335,9 @@ class ImageToVideoPipeline(OffloadMixin):
         check_call_numbers(self.text_encoder.config.num_hidden_layers, target_fps, guidance_scale, eta,
                            num_videos_per_prompt, decode_chunk_size, clip_skip)
         self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # checks the step count too
+        # The loop starts at the first step. (The reference finds it from the first timestep, which fails when the
+        # schedule repeats it, as Karras sigmas on the zero-terminal-SNR schedule do.)
+        self.scheduler.set_begin_index(0)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
