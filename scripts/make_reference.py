@@ -39,7 +39,7 @@ import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "sampler_options", "dropin", "lora")
+PARTS = ("unet", "vae", "ddim", "pipeline", "samplers", "sampler_options", "pipeline_api", "dropin", "lora")
 
 # The released checkpoint's scheduler (ali-vilab/i2vgen-xl scheduler/scheduler_config.json).
 RELEASED_DDIM = dict(
@@ -538,6 +538,8 @@ def main() -> None:
             make_samplers(args.out, args.alt)
         elif part == "sampler_options":
             make_sampler_options(args.out, args.alt)
+        elif part == "pipeline_api":
+            make_pipeline_api(args.out, args.alt)
         elif part == "dropin":
             make_dropin(args.out, args.alt)
         elif part == "lora":
@@ -1112,6 +1114,86 @@ def make_samplers(out: Path, alt: bool) -> None:
         "Each call: the tiny model of ../pipeline/model, its scheduler replaced by cls.from_config(<its DDIM config>, "
         "**overrides); torch.manual_seed(global_seed), then pipe(image=<image>, generator="
         "torch.Generator().manual_seed(generator_seed), **kwargs). frames: (B, F, H, W, 3) float32 (output_type np).")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pipeline API (issue 27): the public methods and properties the reference pipeline defines itself, their
+# signatures, and what they return on the tiny pipeline of the pipeline part
+
+
+def reference_pipeline_signatures() -> dict:
+    """name -> {"kind": "property"} or {"kind": "method", "parameters": [[name, kind, default repr or null], ...]}
+    (self left out) for the public members I2VGenXLPipeline defines itself (not those of DiffusionPipeline)."""
+    import inspect
+
+    from diffusers import I2VGenXLPipeline
+
+    members = {}
+    for name, member in vars(I2VGenXLPipeline).items():
+        if name.startswith("_") and name != "__call__":
+            continue
+        if isinstance(member, property):
+            members[name] = dict(kind="property")
+        elif callable(member):
+            params = list(inspect.signature(inspect.unwrap(member)).parameters.values())[1:]
+            members[name] = dict(kind="method", parameters=[
+                [p.name, p.kind.name, None if p.default is p.empty else repr(p.default)] for p in params])
+    return members
+
+
+def pipeline_api_calls(alt: bool) -> dict:
+    """encode_prompt calls: name -> (guidance_scale the pipeline holds, keyword arguments; "embeds_from" names the
+    call whose prompt_embeds are passed in)."""
+    return {
+        "one": (9.0, dict(prompt="a red ball rolls left" if not alt else "a blue cube", num_videos_per_prompt=1)),
+        "two_prompts_two_videos": (9.0, dict(prompt=["a red ball", "a green square falls"],
+                                             negative_prompt=["blurry", "static"], num_videos_per_prompt=2)),
+        "no_guidance": (1.0, dict(prompt="a red ball", num_videos_per_prompt=3)),
+        "clip_skip_2": (9.0, dict(prompt="a red ball rolls left", num_videos_per_prompt=1, clip_skip=2)),
+        "given_embeds": (9.0, dict(prompt=None, num_videos_per_prompt=2, embeds_from="one")),
+    }
+
+
+def make_pipeline_api(out: Path, alt: bool) -> None:
+    from diffusers import I2VGenXLPipeline
+
+    folder = fresh_dir(out / "pipeline_api")
+    pipe = I2VGenXLPipeline.from_pretrained(out / "pipeline" / "model")
+    pipe.unet.eval()
+    tensors, calls = {}, {}
+    for name, (guidance_scale, kwargs) in pipeline_api_calls(alt).items():
+        pipe._guidance_scale = guidance_scale  # set by __call__ in the reference; encode_prompt reads it
+        args = dict(kwargs)
+        source = args.pop("embeds_from", None)
+        if source is not None:
+            args["prompt_embeds"] = tensors[f"encode_prompt/{source}/prompt_embeds"]
+        embeds, negative = pipe.encode_prompt(device=torch.device("cpu"), **args)
+        tensors[f"encode_prompt/{name}/prompt_embeds"] = embeds
+        if negative is not None:
+            tensors[f"encode_prompt/{name}/negative_prompt_embeds"] = negative
+        calls[name] = dict(guidance_scale=guidance_scale, kwargs=kwargs, negative_is_none=negative is None)
+        print(f"    encode_prompt {name:24s} {tuple(embeds.shape)} negative "
+              f"{None if negative is None else tuple(negative.shape)}")
+
+    pipe._guidance_scale = 9.0
+    gen = torch.Generator().manual_seed(61 if alt else 60)
+    image = torch.rand(2, 3, 32, 48, generator=gen) * 2 - 1  # preprocessed: (B, 3, H, W) in [-1, 1]
+    torch.manual_seed(62)  # the posterior sample draws from the global RNG
+    tensors["prepare_image_latents/image"] = image
+    tensors["prepare_image_latents/out"] = pipe.prepare_image_latents(image, torch.device("cpu"), 4, 2)
+    tensors["prepare_latents/out"] = pipe.prepare_latents(
+        2, 4, 3, 32, 48, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(63))
+    latents = torch.randn(1, 4, 3, 4, 6, generator=gen)
+    tensors["decode_latents/latents"] = latents
+    tensors["decode_latents/out"] = pipe.decode_latents(latents, decode_chunk_size=2)
+    save_tensors(folder / "outputs.safetensors", tensors)
+    write_json(folder / "api.json", dict(
+        signatures=reference_pipeline_signatures(), encode_prompt=calls,
+        prepare_image_latents=dict(num_frames=4, num_videos_per_prompt=2, guidance_scale=9.0, global_seed=62),
+        prepare_latents=dict(args=[2, 4, 3, 32, 48], generator_seed=63),
+        decode_latents=dict(decode_chunk_size=2),
+        prepare_extra_step_kwargs_ddim=sorted(pipe.prepare_extra_step_kwargs(None, 0.0)),
+        note="Recorded on ../pipeline/model (diffusers 0.35.2, transformers 4.57), device cpu, float32."))
 
 
 # ----------------------------------------------------------------------------------------------
