@@ -949,11 +949,15 @@ def sampler_cases(alt: bool) -> dict:
                             step_kwargs=dict(s_churn=2.0, s_tmin=0.5, s_tmax=50.0, s_noise=1.003)),
         "euler_eps_default": dict(cls="EulerDiscreteScheduler", base="default", overrides=dict(), steps=7),
     }
-    if alt:
-        for i, case in enumerate(cases.values()):
-            case["steps"] += 1 + i % 3
-            if "seed" in case:
-                case["seed"] += 100
+    return alternate_steps(cases) if alt else cases
+
+
+def alternate_steps(cases: dict) -> dict:
+    """The --alt variant of step-sequence cases: other step counts and generator seeds under the same names."""
+    for i, case in enumerate(cases.values()):
+        case["steps"] += 1 + i % 3
+        if "seed" in case:
+            case["seed"] += 100
     return cases
 
 
@@ -1066,12 +1070,7 @@ def sampler_option_cases(alt: bool) -> dict:
         "euler_continuous_v_default": dict(cls=euler, base=d, overrides=dict(
             timestep_type="continuous", prediction_type="v_prediction"), steps=10),
     }
-    if alt:
-        for i, case in enumerate(cases.values()):
-            case["steps"] += 1 + i % 3
-            if "seed" in case:
-                case["seed"] += 100
-    return cases
+    return alternate_steps(cases) if alt else cases
 
 
 def make_sampler_options(out: Path, alt: bool) -> None:
