@@ -1079,7 +1079,6 @@ def make_sampler_options(out: Path, alt: bool) -> None:
 
 def make_samplers(out: Path, alt: bool) -> None:
     import diffusers.schedulers as ds
-    import numpy as np
     from PIL import Image
     from diffusers import I2VGenXLPipeline
 
