@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "i2vgen"
 LAYERS = {
     # ground floor: what everything above shares (config and weights files, value checks, noise, images, files)
     "i2vgen.checks": (0, "ground"), "i2vgen.loading": (0, "ground"), "i2vgen.noise": (0, "ground"),
-    "i2vgen.preprocess": (0, "ground"), "i2vgen.video": (0, "ground"),
+    "i2vgen.preprocess": (0, "ground"), "i2vgen.video": (0, "ground"), "i2vgen.outputs": (0, "ground"),
     # the core: models and samplers know nothing of each other; the pipeline uses both; LoRA adapts the UNet
     "i2vgen.models": (1, "models"), "i2vgen.schedulers": (1, "schedulers"),
     "i2vgen.pipelines": (2, "pipelines"), "i2vgen.lora": (2, "lora"),
-    # the diffusers-compatible surface, and the old import path i2vgen.pipeline that points into it
-    "i2vgen.compat": (3, "compat"), "i2vgen.pipeline": (3, "compat"),
+    # the diffusers-compatible surface (and i2vgen.utils, diffusers.utils' helpers), and the old import path
+    # i2vgen.pipeline that points into it
+    "i2vgen.compat": (3, "compat"), "i2vgen.pipeline": (3, "compat"), "i2vgen.utils": (3, "compat"),
     # beside the applications: processes and sharding, training
     "i2vgen.distributed": (4, "distributed"), "i2vgen.training": (4, "training"),
     # the applications, and the package's entry points

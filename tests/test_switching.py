@@ -198,7 +198,7 @@ def test_karras_on_the_released_schedule_runs_through_repeated_timesteps():
 
 
 def test_generate_with_karras_sigmas(tmp_path):
-    from i2vgen.cli import main
+    from i2vgen.apps.cli import main
 
     image = ROOT / "assets" / "landscape.png"
     assert main(["generate", "--image", str(image), "--prompt", "a house", "--steps", "5", "--frames", "2",

@@ -35,7 +35,7 @@ from i2vgen.noise import randn_tensor
 from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text, load_clip_components
 from i2vgen.pipelines.inputs import batch_size, check_call, check_call_numbers, check_finite_latents
 from i2vgen.pipelines.offload import OffloadMixin
-from i2vgen.pipelines.outputs import BaseOutput
+from i2vgen.outputs import BaseOutput
 from i2vgen.preprocess import clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
 from i2vgen.schedulers import load_scheduler
 from i2vgen.schedulers.ddim import DDIMScheduler
