@@ -13,6 +13,7 @@ JSON under the safetensors metadata key `lora_adapter_metadata`, its fields pref
 `unet.lora_alpha`, ...), as diffusers 0.35 writes it; a file without it has alpha = rank (diffusers' rule).
 """
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -233,6 +234,22 @@ def set_adapters(unet: torch.nn.Module, adapter_names: str | list[str], adapter_
         for name, weight in zip(names, weights):
             if name in layer.lora_A:
                 layer.set_scale(name, weight)
+
+
+@contextlib.contextmanager
+def lora_scale(unet: torch.nn.Module, scale: float):
+    """Inside: every active adapter's update times `scale` (diffusers' `scale_lora_layers`, as its pipelines apply
+    cross_attention_kwargs={"scale": s}); after: the scales as they were, exactly."""
+    saved = [(layer, dict(layer.scaling)) for layer in lora_layers(unet)]
+    try:
+        for layer, scaling in saved:
+            for name in layer.active_adapters:
+                if name in scaling:
+                    layer.scaling[name] = scaling[name] * scale
+        yield
+    finally:
+        for layer, scaling in saved:
+            layer.scaling.update(scaling)
 
 
 def fuse_lora(unet: torch.nn.Module, lora_scale: float = 1.0, adapter_names: list[str] | None = None) -> None:

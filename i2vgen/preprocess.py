@@ -161,9 +161,9 @@ def vae_pixel_values(images: list[PIL.Image.Image], width: int, height: int) -> 
 
 
 def postprocess_video(video: torch.Tensor, output_type: str):
-    """Decoded pixels (B, F, 3, H, W) in [-1, 1] -> [0, 1] as that tensor ("pt"), an array (B, F, H, W, 3)
-    ("np"), or per video a list of PIL images ("pil")."""
-    video = (video * 0.5 + 0.5).clamp(0, 1)
+    """Decoded pixels (B, 3, F, H, W) in [-1, 1] (decode_latents' layout) -> [0, 1] as a tensor (B, F, 3, H, W)
+    ("pt"), an array (B, F, H, W, 3) ("np"), or per video a list of PIL images ("pil")."""
+    video = rearrange((video * 0.5 + 0.5).clamp(0, 1), "b c f h w -> b f c h w")
     if output_type == "pt":
         return video
     video = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()

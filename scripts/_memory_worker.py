@@ -131,7 +131,7 @@ def build_pipeline(side: str, config: str, dtype: torch.dtype):
 # ------------------------------------------------------------------------------------------------- stages
 def ours_stages(pipe, call: dict) -> dict:
     """Our pipeline's stages, each through the method `__call__` uses for it."""
-    from i2vgen.preprocess import postprocess_video
+    from i2vgen.preprocess import postprocess_video, vae_pixel_values
 
     height, width, frames = call["height"], call["width"], call["num_frames"]
     image = make_input_image(width, height)
@@ -143,10 +143,10 @@ def ours_stages(pipe, call: dict) -> dict:
         pipe.vae.enable_tiling()
     out = {}
     (prompt, negative), out["text"] = Stage(pipe.text_encoder).run(
-        lambda: pipe.encode_prompt([PROMPT], None, None, None, guided, clip_skip=1))
+        lambda: pipe._encode_prompts([PROMPT], None, None, None, guided, clip_skip=1))
     embeddings, out["image"] = Stage(pipe.image_encoder).run(lambda: pipe.encode_image([image], width))
     latents_in, out["image_latents"] = Stage(pipe.vae).run(
-        lambda: pipe.prepare_image_latents([image], width, height, frames, embeddings.dtype))
+        lambda: pipe._image_latents(vae_pixel_values([image], width, height), frames, embeddings.dtype))
 
     with unset_fake_temporarily():  # real timesteps: the scheduler step reads their values
         pipe.scheduler.set_timesteps(call["num_inference_steps"])

@@ -35,7 +35,7 @@ def caption_gap(pipe: I2VGenXLPipeline, pool: dict, timesteps: list[int], clips:
     x0 = pool["latent_mean"][rows] * pipe.vae.config.scaling_factor
     own = [pool["captions"][i] for i in pool["caption_index"][rows]]
     swapped = [" ".join(c.split()[:-1] + [OPPOSITE[c.split()[-1]]]) for c in own]
-    text = {name: pipe.encode_prompt(c, None, None, None, guided=False, clip_skip=1)[0]  # as in training
+    text = {name: pipe._encode_prompts(c, None, None, None, guided=False, clip_skip=1)[0]  # as in training
             for name, c in (("own", own), ("opposite", swapped))}
     conditions = dict(fps=torch.full((len(rows),), 16), image_embeddings=pool["image_embeds"][rows],
                       image_latents=image_latents_from(x0[:, :, 0], x0.shape[2]))

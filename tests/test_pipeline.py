@@ -21,6 +21,7 @@ from conftest import SCHEDULING_ATOL, frame_atol
 from conftest import run_demo as run
 
 from i2vgen import I2VGenXLPipeline
+from i2vgen.preprocess import vae_pixel_values
 
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures")) / "pipeline"
 CALLS = json.loads((FIXTURES / "calls.json").read_text())
@@ -130,11 +131,11 @@ def test_cached_condition_equals_plain_forward(tiny_pipe64):
     image = [PIL.Image.open(DEFAULT_MODEL.parent.parent / "assets" / "landscape.png")]
     torch.manual_seed(0)  # as run(): the global RNG for the image latent, the generator for the noise
     generator = torch.Generator().manual_seed(0)
-    text, negative = pipe.encode_prompt([CALL["prompt"]], None, None, None, guided=True, clip_skip=1)
+    text, negative = pipe.encode_prompt(CALL["prompt"], "cpu", 1, clip_skip=1)  # the reference's methods
     image_embeddings = pipe.encode_image(image, 32)
-    image_latents = pipe.prepare_image_latents(image, 32, 32, 3, image_embeddings.dtype)
-    latents = pipe.prepare_latents(1, 3, 32, 32, text.dtype, generator)
-    raw = dict(fps=torch.tensor([16, 16]), image_latents=torch.cat([image_latents] * 2),
+    image_latents = pipe.prepare_image_latents(vae_pixel_values(image, 32, 32), "cpu", 3, 1)  # doubled for CFG
+    latents = pipe.prepare_latents(1, 4, 3, 32, 32, text.dtype, "cpu", generator)
+    raw = dict(fps=torch.tensor([16, 16]), image_latents=image_latents,
                image_embeddings=torch.cat([torch.zeros_like(image_embeddings), image_embeddings]),
                encoder_hidden_states=torch.cat([negative, text]))
     pipe.scheduler.set_timesteps(CALL["num_inference_steps"])

@@ -7,11 +7,15 @@ docstring says why and the call warns instead of pretending. Nothing in the core
 Grouped as the reference documents them: components, memory switches, output-changing switches, LoRA.
 """
 
+import contextlib
 import inspect
 import warnings
 
+import torch
+
 from i2vgen.compat.models import AutoencoderKL, I2VGenXLUNet
 from i2vgen.pipelines import ImageToVideoPipeline
+from i2vgen.pipelines.inputs import check_inputs
 
 
 class I2VGenXLPipeline(ImageToVideoPipeline):
@@ -19,6 +23,50 @@ class I2VGenXLPipeline(ImageToVideoPipeline):
     changing the import. The call, loading and the memory switches are ImageToVideoPipeline's."""
 
     unet_class, vae_class = I2VGenXLUNet, AutoencoderKL  # with diffusers' model API aliases (compat/models.py)
+    _guidance_scale = 9.0  # the call's default until a call sets it (the reference has none before a call)
+
+    # ---- the reference pipeline's own methods, with its signatures (tests/test_pipeline_api.py) ----
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance weight w of the last call (uncond + w (cond - uncond); Ho & Salimans 2022)."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    def encode_prompt(self, prompt, device, num_videos_per_prompt, negative_prompt=None, prompt_embeds=None,
+                      negative_prompt_embeds=None, clip_skip=None):
+        """(prompt_embeds, negative_prompt_embeds), each (P * num_videos_per_prompt, S, D) on `device`, every
+        prompt's rows repeated per video; the negative ones (from "" by default) only with guidance
+        (`do_classifier_free_guidance`), else None. clip_skip None: the last layer's output."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        embeds, negative = self._encode_prompts(prompts, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                self.do_classifier_free_guidance, clip_skip)
+
+        def per_video(x):
+            return None if x is None else x.repeat_interleave(num_videos_per_prompt, dim=0).to(device)
+
+        return per_video(embeds), per_video(negative)
+
+    def check_inputs(self, prompt, image, height, width, negative_prompt=None, prompt_embeds=None,
+                     negative_prompt_embeds=None):
+        """One clear error for a bad size, image, prompt or embeddings (i2vgen/pipelines/inputs.py)."""
+        check_inputs(prompt, image, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds)
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """The scheduler step's keyword arguments among eta and generator (those its `step` takes)."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        return {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
+
+    def prepare_image_latents(self, image, device, num_frames, num_videos_per_prompt):
+        """The image-latent condition from preprocessed images (N, 3, H, W) in [-1, 1] (`_image_latents`), tiled
+        num_videos_per_prompt times and doubled for guidance, as the reference returns it. (The call itself
+        repeats each image per video instead: the reference's tiling pairs prompts with the wrong images.)"""
+        latents = self._image_latents(image.to(device), num_frames, self.vae.dtype)
+        latents = latents.repeat(num_videos_per_prompt, 1, 1, 1, 1)
+        return torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
 
     # ---- components ----
 
@@ -113,6 +161,13 @@ class I2VGenXLPipeline(ImageToVideoPipeline):
     def unfuse_lora(self):
         from i2vgen import lora  # needs peft, an optional extra
         lora.unfuse_lora(self.unet)
+
+    def _lora_scale(self, scale: float | None):
+        """The call's cross_attention_kwargs={"scale": s}: the active adapters at s times their weights."""
+        if scale is None:
+            return contextlib.nullcontext()
+        from i2vgen import lora
+        return lora.lora_scale(self.unet, scale)
 
     def unload_lora_weights(self):
         """Remove every adapter: the UNet is the plain loaded one again, bit for bit."""

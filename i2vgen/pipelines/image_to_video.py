@@ -17,6 +17,7 @@ it tiles the image latents while repeating the prompts per video, pairing prompt
 (we repeat both per video).
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
 from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text, load_clip_components
-from i2vgen.pipelines.inputs import batch_size, check_call, check_call_numbers, check_finite_latents
+from i2vgen.pipelines.inputs import (batch_size, check_call, check_call_numbers, check_cross_attention_kwargs,
+                                     check_finite_latents)
 from i2vgen.pipelines.offload import OffloadMixin
 from i2vgen.outputs import BaseOutput
 from i2vgen.preprocess import clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
@@ -191,9 +193,10 @@ class ImageToVideoPipeline(OffloadMixin):
         with self._on_execution_device(self.text_encoder) as encoder:
             return encode_text(encoder, tokens.to(self.execution_device), clip_skip)
 
-    def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided: bool,
-                      clip_skip: int | None):
-        """Prompt tokens (P, S, D) and, when guided, negative-prompt tokens of the same shape.
+    def _encode_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guided: bool,
+                        clip_skip: int | None):
+        """Prompt tokens (P, S, D) and, when guided, negative-prompt tokens of the same shape (once per prompt;
+        the reference's `encode_prompt`, in compat/pipeline.py, repeats them per video).
 
         The negative prompt defaults to "" for every prompt; a single string applies to every prompt."""
         device, dtype = self.execution_device, self.text_encoder.dtype
@@ -220,12 +223,10 @@ class ImageToVideoPipeline(OffloadMixin):
             pixels = pixels.to(self.execution_device, encoder.dtype)
             return encoder(pixels).image_embeds.unsqueeze(1)
 
-    def prepare_image_latents(self, images: list[PIL.Image.Image], width: int, height: int, num_frames: int,
-                              dtype: torch.dtype) -> torch.Tensor:
-        """Latents (N, 4, F, h, w) that condition the UNet: the first frame is the image's VAE latent (a
-        posterior sample from torch's global RNG, times scaling_factor); frame k = 1..F-1 is filled with
-        its position k / (F - 1)."""
-        pixels = vae_pixel_values(images, width, height)
+    def _image_latents(self, pixels: torch.Tensor, num_frames: int, dtype: torch.dtype) -> torch.Tensor:
+        """Latents (N, 4, F, h, w) that condition the UNet, from preprocessed images (N, 3, H, W) in [-1, 1]: the
+        first frame is the image's VAE latent (a posterior sample from torch's global RNG, times scaling_factor);
+        frame k = 1..F-1 is filled with its position k / (F - 1)."""
         with self._on_execution_device(self.vae) as vae:
             pixels = pixels.to(self.execution_device, dtype)
             first = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
@@ -301,16 +302,16 @@ class ImageToVideoPipeline(OffloadMixin):
                     break
         return latents
 
-    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None) -> torch.Tensor:
-        """Latents (B, 4, F, h, w) -> float32 pixels (B, F, 3, H, W) in [-1, 1]-ish, `decode_chunk_size`
-        frames per VAE call (None: all at once)."""
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
+        """Latents (B, 4, F, h, w) -> float32 pixels (B, 3, F, H, W) in [-1, 1]-ish, as the reference, with
+        `decode_chunk_size` frames per VAE call (None: all at once)."""
         batch = latents.shape[0]
         latents = rearrange(latents, "b c f h w -> (b f) c h w")
         with self._on_execution_device(self.vae) as vae:
             latents = latents.to(self.execution_device) * (1 / vae.config.scaling_factor)
             chunks = latents.split(decode_chunk_size or latents.shape[0])
             frames = torch.cat([vae.decode(chunk).sample for chunk in chunks])
-        return rearrange(frames, "(b f) c h w -> b f c h w", b=batch).float()
+        return rearrange(frames, "(b f) c h w -> b c f h w", b=batch).float()
 
     # ---- the call ----
 
@@ -320,13 +321,16 @@ class ImageToVideoPipeline(OffloadMixin):
                  guidance_scale: float = 9.0, negative_prompt=None, eta: float = 0.0,
                  num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1, generator=None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil",
-                 return_dict: bool = True, clip_skip: int | None = 1, callback_on_step_end=None):
+                 return_dict: bool = True, cross_attention_kwargs: dict | None = None, clip_skip: int | None = 1,
+                 callback_on_step_end=None):
         """Generate `num_videos_per_prompt` videos per prompt from `image` (one for all prompts, or one per
         prompt); height / width None: the model's size (`default_size`; 704 x 1280 for the released model). Returns
         `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when return_dict is False.
 
-        callback_on_step_end(pipe, step, t, {"latents": latents}) runs after every step and may return a dict:
-        its "latents" replace the current ones; {"stop": True} ends the loop early (the latents are decoded)."""
+        cross_attention_kwargs={"scale": s} scales the loaded LoRA adapters by s for this call (diffusers' convention;
+        the reference pipeline ignores it). callback_on_step_end(pipe, step, t, {"latents": latents}) runs after
+        every step and may return a dict: its "latents" replace the current ones; {"stop": True} ends the loop
+        early (the latents are decoded)."""
         # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
         height = self.default_size[0] if height is None else height
         width = self.default_size[1] if width is None else width
@@ -334,6 +338,8 @@ class ImageToVideoPipeline(OffloadMixin):
                    prompt_embeds, negative_prompt_embeds, output_type, eta)
         check_call_numbers(self.text_encoder.config.num_hidden_layers, target_fps, guidance_scale, eta,
                            num_videos_per_prompt, decode_chunk_size, clip_skip)
+        lora_scale = check_cross_attention_kwargs(cross_attention_kwargs)
+        self._guidance_scale = guidance_scale  # the last call's (the reference's guidance_scale property reads it)
         self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # checks the step count too
         # The loop starts at the first step. (The reference finds it from the first timestep, which fails when the
         # schedule repeats it, as Karras sigmas on the zero-terminal-SNR schedule do.)
@@ -344,19 +350,21 @@ class ImageToVideoPipeline(OffloadMixin):
         batch = batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
 
         # 2. text: (P, S, D), and the negative prompt's when guided
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+        prompt_embeds, negative_prompt_embeds = self._encode_prompts(
             prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale > 1, clip_skip)
 
         # 3. image: CLIP embedding (N, 1, D), then first-frame latents (N, 4, F, h, w) from the global RNG
         image_embeddings = self.encode_image(images, width)
-        image_latents = self.prepare_image_latents(images, width, height, num_frames, image_embeddings.dtype)
+        image_latents = self._image_latents(vae_pixel_values(images, width, height), num_frames,
+                                            image_embeddings.dtype)
 
         # 4. x_T ~ N(0, I) of (B, 4, F, h, w) from the generator, after the image latents (timesteps set in 1:
         # init_noise_sigma may read them)
-        latents = self.prepare_latents(batch, num_frames, height, width, prompt_embeds.dtype, generator, latents)
+        latents = self.prepare_latents(batch, self.unet.config.in_channels, num_frames, height, width,
+                                       prompt_embeds.dtype, self.execution_device, generator, latents)
 
         # 5. sampling loop (DDIM or another scheduler), with the conditioning of the B videos encoded once
-        with self._on_execution_device(self.unet):
+        with self._on_execution_device(self.unet), self._lora_scale(lora_scale):
             conditions = self._encode_conditions(prompt_embeds, negative_prompt_embeds, image_embeddings,
                                                  image_latents, target_fps, num_videos_per_prompt)
             latents = self._sample(latents, conditions, guidance_scale, eta, generator, callback_on_step_end)
@@ -368,14 +376,19 @@ class ImageToVideoPipeline(OffloadMixin):
             video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
         return I2VGenXLPipelineOutput(frames=video) if return_dict else (video,)
 
-    def prepare_latents(self, batch: int, num_frames: int, height: int, width: int, dtype: torch.dtype, generator,
-                        latents: torch.Tensor | None = None) -> torch.Tensor:
-        """x_T (B, 4, F, h, w) on the execution device: `latents` if given, else N(0, I) noise from `generator`;
-        times the scheduler's init_noise_sigma."""
-        shape = (batch, self.unet.config.in_channels, num_frames,
+    def prepare_latents(self, batch_size: int, num_channels_latents: int, num_frames: int, height: int, width: int,
+                        dtype: torch.dtype, device, generator, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """x_T (B, C, F, h, w) on `device`: `latents` if given, else N(0, I) noise from `generator`; times the
+        scheduler's init_noise_sigma. The reference's signature."""
+        shape = (batch_size, num_channels_latents, num_frames,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            latents = randn_tensor(shape, generator, self.execution_device, dtype)
+            latents = randn_tensor(shape, generator, device, dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        return latents.to(self.execution_device) * self.scheduler.init_noise_sigma
+        return latents.to(device) * self.scheduler.init_noise_sigma
+
+    def _lora_scale(self, scale: float | None):
+        """The call's LoRA scale (cross_attention_kwargs): the core pipeline holds no adapters, so nothing to
+        scale; I2VGenXLPipeline (compat/pipeline.py) scales the UNet's."""
+        return contextlib.nullcontext()

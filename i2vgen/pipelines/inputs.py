@@ -22,11 +22,22 @@ def batch_size(num_prompts: int, num_images: int, num_videos_per_prompt: int, ge
 def check_call(scheduler, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                prompt_embeds, negative_prompt_embeds, output_type, eta):
     """The pipeline call's arguments that need no model: sizes, counts, texts and their pairing, output type."""
+    check_inputs(prompt, image, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds)
+    check_int("num_frames", num_frames, 1)
+    check_int("num_inference_steps", num_inference_steps, 1)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if eta and "eta" not in inspect.signature(scheduler.step).parameters:
+        raise ValueError(f"eta applies only to DDIMScheduler; {type(scheduler).__name__} has no eta "
+                         "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
+
+
+def check_inputs(prompt, image, height, width, negative_prompt=None, prompt_embeds=None,
+                 negative_prompt_embeds=None) -> None:
+    """The reference's check_inputs: the size, the image, the texts or their embeddings and their pairing."""
     for name, value in (("height", height), ("width", width)):
         if check_int(name, value, 8) % 8:
             raise ValueError(f"height and width must be multiples of 8, got {height} and {width}")
-    check_int("num_frames", num_frames, 1)
-    check_int("num_inference_steps", num_inference_steps, 1)
     if image is None:
         raise ValueError("image is required: the first frame of the video is generated from it")
     if (prompt is None) == (prompt_embeds is None):
@@ -44,11 +55,16 @@ def check_call(scheduler, prompt, image, height, width, num_frames, num_inferenc
             and prompt_embeds.shape != negative_prompt_embeds.shape):
         raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
                          f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if eta and "eta" not in inspect.signature(scheduler.step).parameters:
-        raise ValueError(f"eta applies only to DDIMScheduler; {type(scheduler).__name__} has no eta "
-                         "(a stochastic sampler: DPMSolverMultistepScheduler, algorithm_type='sde-dpmsolver++')")
+
+
+def check_cross_attention_kwargs(cross_attention_kwargs) -> float | None:
+    """The LoRA scale in cross_attention_kwargs={"scale": s} (None without one); any other key is an error."""
+    if cross_attention_kwargs is None:
+        return None
+    if not isinstance(cross_attention_kwargs, dict) or set(cross_attention_kwargs) - {"scale"}:
+        raise ValueError(f"cross_attention_kwargs takes only {{'scale': s}} (the LoRA scale), got "
+                         f"{cross_attention_kwargs!r}")
+    return check_real("cross_attention_kwargs['scale']", cross_attention_kwargs["scale"])
 
 
 def check_call_numbers(text_encoder_layers: int, target_fps, guidance_scale, eta, num_videos_per_prompt,

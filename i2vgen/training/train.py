@@ -70,7 +70,7 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
         image_embeds.append(pipe.encode_image(first_frames, cfg.resolution).cpu())
         captions += [caption for _, caption, _ in batch]
     distinct = sorted(set(captions))
-    text, null_text = pipe.encode_prompt(distinct, None, None, None, guided=True, clip_skip=1)
+    text, null_text = pipe._encode_prompts(distinct, None, None, None, guided=True, clip_skip=1)
     return {
         "latent_mean": torch.cat(means), "latent_std": torch.cat(stds), "image_embeds": torch.cat(image_embeds),
         "caption_index": torch.tensor([distinct.index(c) for c in captions]), "captions": distinct,
