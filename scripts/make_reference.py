@@ -16,8 +16,9 @@ Options:
     --out DIR      where to write (default tests/fixtures)
     --alt          other configs, seeds and inputs under the same case names and keys; point the
                    tests at them with I2VGEN_FIXTURES=DIR
-    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers,dropin,lora (samplers and dropin
-                   read the tiny pipeline that the pipeline part saved)
+    --only LIST    comma-separated subset of unet,vae,ddim,pipeline,samplers,sampler_options,pipeline_api,
+                   dropin,lora (samplers, pipeline_api and dropin read the tiny pipeline that the pipeline part
+                   saved)
                    (lora needs peft, e.g. pip install --target DIR peft; PYTHONPATH=DIR)
 
 Everything runs on CPU in float32 with fixed seeds and deterministic algorithms, so a rerun writes the
