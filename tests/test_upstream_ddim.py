@@ -1,12 +1,9 @@
 """diffusers' DDIM scheduler tests (tests/schedulers/test_scheduler_ddim.py and the common scheduler checks it
 inherits, v0.35.2), rewritten for our DDIMScheduler with their expected values and tolerances.
 
-Not ported, and why:
-- test_compatibles: other scheduler classes built from this config (`compatibles`, `from_config`): the samplers
-  issue's work (i2vgen/schedulers/), not this scheduler's.
-- test_deprecated_kwargs, test_getattr_is_correct: checks of diffusers' config machinery (`_deprecated_kwargs`,
-  `register_to_config`, FutureWarning on config attributes); our config is a plain dataclass.
-- test_push_to_hub*: network.
+The unmodified upstream file now runs too (tests/upstream/, with test_compatibles and test_deprecated_kwargs);
+this port stays as the readable version. Not ported here: test_compatibles, test_deprecated_kwargs and
+test_getattr_is_correct (see tests/upstream/README.md), test_push_to_hub* (network).
 """
 
 import numpy as np
