@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-fetch diffusers' scheduler tests (tag v0.35.2) into tests/upstream/schedulers/ and check them against
-# SHA256SUMS (needs the network; CI runs the committed copies, checked by tests/upstream/test_unmodified.py).
-# The PyPI sdist of diffusers 0.35.2 holds no tests, so CI, which reaches only PyPI, cannot fetch them itself.
+# SHA256SUMS (needs the network). They are git-ignored: nothing fetched is committed; CI runs our own port of them
+# (tests/test_upstream_ddim.py, tests/test_upstream_schedulers.py). The PyPI sdist of diffusers 0.35.2 holds no tests.
 set -euo pipefail
 cd "$(dirname "$0")/../tests/upstream/schedulers"
 base=https://raw.githubusercontent.com/huggingface/diffusers/v0.35.2/tests/schedulers
