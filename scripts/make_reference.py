@@ -544,7 +544,7 @@ def main() -> None:
         elif part == "dropin":
             make_dropin(args.out, args.alt)
         elif part == "lora":
-            make_lora(args.out)
+            make_lora(args.out, args.alt)
         print(f"[{part}] {time.time() - t0:.1f}s")
     print(f"done in {time.time() - start:.1f}s")
 
@@ -1317,12 +1317,58 @@ def make_dropin(out: Path, alt: bool) -> None:
 # LoRA (issue 15): a UNet LoRA saved by diffusers itself, and the reference UNet's outputs with it
 
 
-def make_lora(out: Path) -> None:
+# The adapter's update (alpha / r) B A is drawn with entries of std LORA_UPDATE_SIZE / sqrt(fan_in): 5% of the
+# base weights' (redraw_weights_: N(0, 1 / fan_in)), the size of a trained adapter's change rather than a second set
+# of weights. It still moves unet_2level's output by ~20% of its scale. (An update twice the base weights, as first
+# recorded, drove attention logits to ~48 and hidden states to ~120 and made the recording depend on the CPU's kernels
+# by 2e-4 of its scale instead of ~1e-6: tests/fixtures/README.md.)
+LORA_UPDATE_SIZE = 0.05
+# The tests' float32 parity bound (tests/test_unet.py REL_TOL); every adapter layer must move the output far beyond it.
+PARITY_REL_TOL = 1e-5
+
+
+def lora_case(alt: bool) -> dict:
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+    if alt:
+        return dict(rank=2, lora_alpha=6, seed=16, target_modules=targets[:4] + ["proj_in", "proj_out"])
+    return dict(rank=4, lora_alpha=8, seed=15, target_modules=targets)
+
+
+def draw_lora_weights_(unet: nn.Module, case: dict) -> None:
+    """A ~ N(0, 1 / fan_in), B ~ N(0, s^2) with s = LORA_UPDATE_SIZE / ((alpha / r) sqrt(r)), so that each entry of
+    (alpha / r) B A, a sum of r products, has std LORA_UPDATE_SIZE / sqrt(fan_in)."""
+    rank, scale = case["rank"], case["lora_alpha"] / case["rank"]
+    gen = torch.Generator().manual_seed(case["seed"])
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if ".lora_A" in name:
+                p.copy_(randn(gen, *p.shape, scale=p[0].numel() ** -0.5))
+            elif ".lora_B" in name:
+                p.copy_(randn(gen, *p.shape, scale=LORA_UPDATE_SIZE / (scale * rank**0.5)))
+
+
+def rel_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def weakest_lora_layer(unet: nn.Module, layers: list, inputs: dict, out: torch.Tensor) -> tuple[str, float]:
+    """The adapter layer whose removal moves the output least, and by how much (relative): the fixture must
+    catch a dropped layer."""
+    names = {m: n for n, m in unet.named_modules()}
+    effects = {}
+    for layer in layers:
+        layer.enable_adapters(False)
+        effects[names[layer]] = rel_change(unet(**inputs).sample, out)
+        layer.enable_adapters(True)
+    return min(effects.items(), key=lambda kv: kv[1])
+
+
+def make_lora(out: Path, alt: bool) -> None:
     """tests/fixtures/lora: an adapter for the recorded unet_2level UNet (rank 4, alpha 8, on the attention
-    projections and feed-forwards), its weights re-drawn so B is not zero, saved with diffusers'
-    `StableDiffusionLoraLoaderMixin.save_lora_weights` (the file layout diffusers' LoRA training scripts
-    write, with the LoraConfig in the metadata); outputs for unet_2level's inputs with the adapter at weight
-    1 and 0.5, and without it.
+    projections and feed-forwards; --alt: rank 2, alpha 6, attention and proj_in/proj_out), its weights drawn by
+    draw_lora_weights_, saved with diffusers' `StableDiffusionLoraLoaderMixin.save_lora_weights` (the file layout
+    diffusers' LoRA training scripts write, with the LoraConfig in the metadata); outputs for unet_2level's inputs
+    with the adapter at weight 1 and 0.5, and without it.
 
     diffusers' I2VGenXLUNet is not a PeftAdapterMixin (no `add_adapter`), so the adapter is put in with
     peft's `inject_adapter_in_model`, which is what `add_adapter` calls for the UNets that have it."""
@@ -1330,24 +1376,22 @@ def make_lora(out: Path) -> None:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
     from peft.utils import get_peft_model_state_dict
-
-    unet = I2VGenXLUNet.from_pretrained(out / "unet_2level").eval()
     from safetensors.torch import load_file
 
+    case = lora_case(alt)
+    unet = I2VGenXLUNet.from_pretrained(out / "unet_2level").eval()
     base_io = load_file(out / "unet_2level" / "io.safetensors")
     inputs = {k: base_io[k] for k in ("sample", "timestep", "fps", "image_latents", "image_embeddings",
                                       "encoder_hidden_states")}
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"])
+    config = LoraConfig(r=case["rank"], lora_alpha=case["lora_alpha"], target_modules=case["target_modules"])
     inject_adapter_in_model(config, unet, adapter_name="default_0")
     layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
-    gen = torch.Generator().manual_seed(15)
+    draw_lora_weights_(unet, case)
     with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if ".lora_" in name:
-                p.copy_(randn(gen, *p.shape, scale=p.shape[1] ** -0.5))
         io = dict(inputs)
         io["out_lora"] = unet(**inputs).sample
         floor = two_thread_diff(lambda: unet(**inputs).sample, io["out_lora"])
+        weakest = weakest_lora_layer(unet, layers, inputs, io["out_lora"])
         for layer in layers:  # what diffusers' set_adapters does per layer
             layer.set_scale("default_0", 0.5)
         io["out_lora_half"] = unet(**inputs).sample
@@ -1356,20 +1400,28 @@ def make_lora(out: Path) -> None:
         io["out_base"] = unet(**inputs).sample
     base_diff = (io["out_base"] - base_io["out"]).abs().max().item()  # another process: float32 noise only
     assert base_diff < 1e-5 * base_io["out"].abs().max().item(), base_diff
+    moves = dict(lora_vs_base=rel_change(io["out_lora"], io["out_base"]),
+                 lora_vs_half=rel_change(io["out_lora_half"], io["out_lora"]), weakest_layer_dropped=weakest[1])
+    assert min(moves.values()) > 100 * PARITY_REL_TOL, (moves, weakest)
     folder = fresh_dir(out / "lora")
     StableDiffusionLoraLoaderMixin.save_lora_weights(
         folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="default_0"),
         unet_lora_adapter_metadata=config.to_dict())
     for k in ("out_lora", "out_lora_half"):
         stats(k, io[k])
+    print(f"    relative moves {moves}, weakest layer {weakest[0]}")
     save_tensors(folder / "io.safetensors", io)
     write_json(folder / "case.json", dict(
-        base="unet_2level", rank=4, lora_alpha=8, seed=15, out_base_vs_unet_2level_max_abs_diff=base_diff,
-        two_thread_max_abs_diff_out_lora=floor,
+        base="unet_2level", **case, update_size=LORA_UPDATE_SIZE, out_base_vs_unet_2level_max_abs_diff=base_diff,
+        two_thread_max_abs_diff_out_lora=floor, relative_moves=moves, weakest_layer=weakest[0],
         note="pytorch_lora_weights.safetensors: written by diffusers' StableDiffusionLoraLoaderMixin.save_lora_weights "
-        "(unet_lora_layers = peft's get_peft_model_state_dict, unet_lora_adapter_metadata = the LoraConfig). io: the "
+        "(unet_lora_layers = peft's get_peft_model_state_dict, unet_lora_adapter_metadata = the LoraConfig). Adapter "
+        "weights: A ~ N(0, 1/fan_in), B ~ N(0, s^2) with s = update_size / ((lora_alpha / rank) sqrt(rank)): the update "
+        "(alpha / r) B A has entries of update_size times the base weights' std. io: the "
         "unet_2level inputs; out_lora (adapter weight 1), out_lora_half (set_adapters weight 0.5), out_base (adapters "
-        "disabled; equals unet_2level's out). Model in eval() mode. The adapter was injected with peft's "
+        "disabled; equals unet_2level's out). relative_moves: max |difference| / max |reference| between out_lora and "
+        "out_base, out_lora and out_lora_half, and out_lora and the output with only weakest_layer's adapter disabled "
+        "(the layer that moves it least). Model in eval() mode. The adapter was injected with peft's "
         "inject_adapter_in_model (diffusers' I2VGenXLUNet has no add_adapter), which also freezes every UNet "
         "parameter (requires_grad False).",
     ))
