@@ -194,8 +194,9 @@ def test_cfg_parallel_api(four_ranks):
         # value by ~1e-14 (tests/test_pipeline.py, SCHEDULING_ATOL), below the float32 the frames come back in
         # (measured: 0.0); 1e-10 catches any real error.
         np.testing.assert_allclose(api64, batched64, rtol=0, atol=1e-10)
-        # and in float32 no more than that gap (up to 2e-5 with the demo weights, tests/test_pipeline.py)
-        assert np.abs(api32 - batched32).max() <= 2e-5
+        # and in float32 no more than that gap: measured 8.0e-6 / 1.8e-5 on 1 / 2 threads with AVX2 kernels,
+        # 2.3e-5 / 1.2e-5 with torch's scalar ones (ATEN_CPU_CAPABILITY=default); 5e-5 is about twice the largest.
+        assert np.abs(api32 - batched32).max() <= 5e-5
 
 
 def _dies_in_its_second_video(launch, jobs, out):
