@@ -1323,7 +1323,8 @@ def make_dropin(out: Path, alt: bool) -> None:
 # recorded, drove attention logits to ~48 and hidden states to ~120 and made the recording depend on the CPU's kernels
 # by 2e-4 of its scale instead of ~1e-6: tests/fixtures/README.md.)
 LORA_UPDATE_SIZE = 0.05
-# The tests' float32 parity bound (tests/test_unet.py REL_TOL); every adapter layer must move the output far beyond it.
+# The tests' float32 parity bound (tests/test_unet.py REL_TOL): removing any one adapter layer must move the output
+# by 10 times that or more, so that a dropped layer fails the test.
 PARITY_REL_TOL = 1e-5
 
 
@@ -1402,7 +1403,7 @@ def make_lora(out: Path, alt: bool) -> None:
     assert base_diff < 1e-5 * base_io["out"].abs().max().item(), base_diff
     moves = dict(lora_vs_base=rel_change(io["out_lora"], io["out_base"]),
                  lora_vs_half=rel_change(io["out_lora_half"], io["out_lora"]), weakest_layer_dropped=weakest[1])
-    assert min(moves.values()) > 100 * PARITY_REL_TOL, (moves, weakest)
+    assert min(moves.values()) > 10 * PARITY_REL_TOL, (moves, weakest)
     folder = fresh_dir(out / "lora")
     StableDiffusionLoraLoaderMixin.save_lora_weights(
         folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="default_0"),

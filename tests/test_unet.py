@@ -16,6 +16,7 @@ from conftest import FIXTURES, UNET_CASES, guidance_inputs, load_unet_case, raw_
 
 from i2vgen.models.unet import I2VGenXLUNet, UNet3DConditionOutput
 
+pytestmark = pytest.mark.parity  # recorded reference outputs: scripts/test.sh reruns these on other kernels
 CASES = UNET_CASES
 
 # Float32 parity. We run the reference's operations in its order, and on one machine in one process our

@@ -48,6 +48,7 @@ from conftest import frame_atol
 
 from i2vgen import AutoencoderKL, I2VGenXLPipeline, I2VGenXLUNet
 
+pytestmark = pytest.mark.parity  # recorded reference outputs: scripts/test.sh reruns these on other kernels
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures")) / "dropin"
 DUMMY = FIXTURES / "upstream_dummy"
 RECORDED = load_file(FIXTURES / "frames.safetensors")
