@@ -3,7 +3,9 @@
 One intra-op thread: the parity tests run tiny tensors, where thread start-up dominates, and on a loaded
 2-core machine two threads made the suite ~10x slower. Results are unaffected (float32 CPU kernels here
 are deterministic for a given thread count and the tolerances hold for either count).
-I2VGEN_TEST_THREADS=N runs the suite on N threads instead, to check that claim (tests/fixtures/README.md).
+I2VGEN_TEST_THREADS=N runs the suite on N threads instead, to check that claim (tests/fixtures/README.md);
+leave out tests/test_distributed.py then: its ranks are forked, and a child forked after OpenMP ran on
+several threads can hang (GNU OpenMP's thread pool does not survive fork).
 """
 
 import dataclasses
