@@ -7,7 +7,6 @@ from the plain UNet itself (what unloading must give back exactly).
 """
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -16,13 +15,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import micro_pipeline, rel_error
+from conftest import FIXTURES, micro_pipeline, rel_error
 
 from i2vgen import lora  # needs peft: the `lora` extra, which the `test` extra installs
 from i2vgen.models.unet import I2VGenXLUNet
 
 pytestmark = pytest.mark.parity  # recorded reference outputs: scripts/test.sh reruns these on other kernels
-FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
 UNET_CONFIG = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, norm_num_groups=8,
                    cross_attention_dim=16, attention_head_dim=8)
@@ -96,8 +94,9 @@ def test_loads_a_lora_that_diffusers_saved():
     name = lora.load_lora_weights(unet, folder)
     # tests/test_unet.py's float32 parity tolerance. Measured (tests/fixtures/README.md): across avx2/default kernels
     # and 1/2 threads the reference itself moves its outputs by up to 1.7e-6 of their scale, ours are within 1.4e-6
-    # of the recording and 1.3e-6 of the reference on the same kernels. The adapter moves the output by 20% of its scale, reading alpha / r wrong (weight 0.5 instead of
-    # 1) by 11%, dropping its least effective layer by 1.8e-3 (case.json relative_moves): all far beyond 1e-5.
+    # of the recording and 1.3e-6 of the reference on the same kernels. The adapter moves the output by 20% of its
+    # scale, reading alpha / r wrong (weight 0.5 instead of 1) by 11%, dropping its least effective layer by 1.8e-3
+    # (case.json relative_moves): all far beyond 1e-5.
     assert rel_error(_run(unet, inputs), io["out_lora"]) <= 1e-5
     lora.set_adapters(unet, name, 0.5)
     assert rel_error(_run(unet, inputs), io["out_lora_half"]) <= 1e-5
