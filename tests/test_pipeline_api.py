@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from i2vgen import I2VGenXLPipeline
 
+pytestmark = pytest.mark.parity  # recorded reference outputs: scripts/test.sh reruns these on other kernels
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
 API = json.loads((FIXTURES / "pipeline_api" / "api.json").read_text())
@@ -27,6 +29,9 @@ TEXT_ATOL = 1e-5
 # The tiny VAE, our convolutions vs the reference's: measured max |difference| 1.8e-7 on the image latents and
 # 2.4e-6 on decoded pixels (values of size ~1); 1e-5 is float32 summation-order room on other CPUs.
 VAE_ATOL = 1e-5
+# Gaussian draws on another kernel kind: with ATEN_CPU_CAPABILITY=default, max |difference| 1.6e-6 on draws up to
+# 4.6 (~3 float32 ulps there); 5e-6 is 3x that, far below a wrong draw (differences of order 1).
+RANDN_ATOL = 5e-6
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,9 @@ def test_prepare_methods_and_decode_match_recorded(pipe, recorded):
     info = API["prepare_latents"]
     latents = pipe.prepare_latents(*info["args"], torch.float32, torch.device("cpu"),
                                    torch.Generator().manual_seed(info["generator_seed"]))
-    assert torch.equal(latents, recorded["prepare_latents/out"])  # the same draws from the same generator
+    # The same draws from the same generator: bit-identical with the recording machine's vectorised normal sampler;
+    # torch's scalar one (ATEN_CPU_CAPABILITY=default) rounds its log/cos differently, by a few ulps.
+    torch.testing.assert_close(latents, recorded["prepare_latents/out"], rtol=0, atol=RANDN_ATOL)
     video = pipe.decode_latents(recorded["decode_latents/latents"], **API["decode_latents"])
     assert video.shape == recorded["decode_latents/out"].shape and video.dtype == torch.float32
     torch.testing.assert_close(video, recorded["decode_latents/out"], rtol=0, atol=VAE_ATOL)
