@@ -9,7 +9,9 @@ several threads can hang (GNU OpenMP's thread pool does not survive fork).
 """
 
 import dataclasses
+import inspect
 import json
+import math
 import os
 from pathlib import Path
 
@@ -154,3 +156,50 @@ def tiny_pipe64():
     pipe = I2VGenXLPipeline.from_pretrained(DEMO_MODEL).to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---- diffusers' scheduler tests (v0.35.2, tests/schedulers/): their configs, samples and stand-in denoiser ----
+
+# Each test class's get_scheduler_config (test_scheduler_{ddim,unipc,dpm_multi,euler}.py).
+UPSTREAM_CONFIGS = {
+    "DDIMScheduler": dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                          clip_sample=True),
+    "UniPCMultistepScheduler": dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                    solver_order=2, solver_type="bh2", final_sigmas_type="sigma_min"),
+    "DPMSolverMultistepScheduler": dict(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2,
+        prediction_type="epsilon", thresholding=False, sample_max_value=1.0, algorithm_type="dpmsolver++",
+        solver_type="midpoint", lower_order_final=False, euler_at_final=False, lambda_min_clipped=-math.inf,
+        variance_type=None, final_sigmas_type="sigma_min"),
+    "EulerDiscreteScheduler": dict(num_train_timesteps=1100, beta_start=0.0001, beta_end=0.02, beta_schedule="linear"),
+}
+
+
+def ramp(shape=(4, 3, 8, 8), flip: bool = False) -> torch.Tensor:
+    """Upstream's deterministic sample (flipped: its noise): 0, 1/n, 2/n, ... laid out with the batch axis last,
+    then moved to the front."""
+    n = math.prod(shape)
+    values = torch.arange(n).flip(-1) if flip else torch.arange(n)
+    return (values.reshape(*shape[1:], shape[0]) / n).movedim(-1, 0)
+
+
+def toy_model(sample: torch.Tensor, t) -> torch.Tensor:
+    """Upstream's stand-in denoiser: sample * t / (t + 1), in the sample's dtype."""
+    t = torch.as_tensor(t, dtype=sample.dtype)
+    return sample * t / (t + 1)
+
+
+def seeded(scheduler) -> dict:
+    """A generator seeded 0 for the scheduler's step, if it takes one (upstream seeds before stochastic steps)."""
+    return {"generator": torch.manual_seed(0)} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def toy_loop(scheduler, sample: torch.Tensor, timesteps=None) -> torch.Tensor:
+    """Upstream's full loop over `timesteps` (default: the scheduler's): scale the input, denoise, step; a step that
+    takes a generator gets one, seeded once. Scaling is the identity except for Euler, whose loop (upstream's) steps
+    from the scaled sample."""
+    extra = seeded(scheduler)  # one generator for the whole loop
+    for t in scheduler.timesteps if timesteps is None else timesteps:
+        sample = scheduler.scale_model_input(sample, t)
+        sample = scheduler.step(toy_model(sample, t), t, sample, **extra).prev_sample
+    return sample

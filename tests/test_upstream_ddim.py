@@ -1,18 +1,19 @@
-"""diffusers' DDIM scheduler tests (tests/schedulers/test_scheduler_ddim.py and the common scheduler checks it
-inherits, v0.35.2), rewritten for our DDIMScheduler with their expected values and tolerances.
+"""diffusers' DDIM scheduler tests (tests/schedulers/test_scheduler_ddim.py, v0.35.2), rewritten for our DDIMScheduler
+with their expected values and tolerances; the common scheduler checks it inherits (test_schedulers.py), DDIM's
+test_from_save_pretrained included, run on all four samplers in test_upstream_schedulers.py.
 
-The unmodified upstream file now runs too (tests/upstream/, with test_compatibles and test_deprecated_kwargs);
-this port stays as the readable version. Not ported here: test_compatibles, test_deprecated_kwargs and
-test_getattr_is_correct (see tests/upstream/README.md), test_push_to_hub* (network).
+Not ported: upstream's test_betas pair (0.1, 2), since betas above 1 are refused here (tests/test_bad_input.py), and
+test_getattr_is_correct (see test_upstream_schedulers.py's docstring). The unmodified upstream file runs as a
+developer step (tests/upstream/README.md).
 """
 
-import numpy as np
 import pytest
 import torch
+from conftest import UPSTREAM_CONFIGS, ramp, toy_loop
 
 from i2vgen import DDIMScheduler
 
-BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=True)
+BASE = UPSTREAM_CONFIGS["DDIMScheduler"]
 STEPS = 50  # upstream's default num_inference_steps
 
 
@@ -22,20 +23,6 @@ def scheduler(**config) -> DDIMScheduler:
 
 def random_sample() -> torch.Tensor:
     return torch.rand(4, 3, 8, 8)
-
-
-def ramp(flip: bool = False) -> torch.Tensor:
-    """Upstream's deterministic sample (and, flipped, its noise): 0, 1/n, 2/n, ... laid out (c, h, w, b), then
-    moved to (b, c, h, w)."""
-    n = 4 * 3 * 8 * 8
-    values = torch.arange(n).flip(-1) if flip else torch.arange(n)
-    return (values.reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)
-
-
-def toy_model(sample: torch.Tensor, t) -> torch.Tensor:
-    """Upstream's stand-in denoiser: sample * t / (t + 1)."""
-    t = torch.as_tensor(t, dtype=sample.dtype)
-    return sample * t / (t + 1)
 
 
 def same_after_save_load(tmp_path, time_step=0, num_inference_steps=STEPS, eta=0.0, **config):
@@ -66,7 +53,6 @@ def same_after_save_load(tmp_path, time_step=0, num_inference_steps=STEPS, eta=0
     dict(thresholding=False),                                                              # test_thresholding
     *[dict(thresholding=True, prediction_type=p, sample_max_value=m)
       for m in (0.5, 1.0, 2.0) for p in ("epsilon", "v_prediction")],
-    dict(),                                                                                # test_from_save_pretrained
 ])
 def test_over_configs(tmp_path, config):
     same_after_save_load(tmp_path, **config)
@@ -102,10 +88,7 @@ def test_variance(t, t_prev, expected):
 def full_loop(**config) -> torch.Tensor:
     s = scheduler(**config)
     s.set_timesteps(10)
-    sample = ramp()
-    for t in s.timesteps:
-        sample = s.step(toy_model(sample, t), t, sample, 0.0).prev_sample
-    return sample
+    return toy_loop(s, ramp())
 
 
 @pytest.mark.parametrize("config, total, mean", [
@@ -124,55 +107,6 @@ def test_full_loop_with_noise():
     s = scheduler()
     s.set_timesteps(10)
     timesteps = s.timesteps[8 * s.order:]
-    sample = s.add_noise(ramp(), ramp(flip=True), timesteps[:1])
-    for t in timesteps:
-        sample = s.step(toy_model(sample, t), t, sample, 0.0).prev_sample
+    sample = toy_loop(s, s.add_noise(ramp(), ramp(flip=True), timesteps[:1]), timesteps)
     assert abs(sample.abs().sum().item() - 354.5418) < 1e-2
     assert abs(sample.abs().mean().item() - 0.4616) < 1e-3
-
-
-# ---- the common scheduler checks ----
-
-def test_from_pretrained(tmp_path):
-    s = scheduler()
-    s.save_pretrained(tmp_path)
-    assert DDIMScheduler.from_pretrained(tmp_path).config == s.config
-
-
-def test_step_shape():
-    s = scheduler()
-    s.set_timesteps(STEPS)
-    sample = random_sample()
-    first, second = (s.step(0.1 * sample, t, sample, eta=0.0).prev_sample for t in s.timesteps[:2])
-    assert first.shape == second.shape == sample.shape
-
-
-def test_scheduler_outputs_equivalence():
-    s = scheduler()
-    s.set_timesteps(STEPS)
-    sample = random_sample()
-    as_dict = s.step(0.1 * sample, s.timesteps[0], sample, eta=0.0)
-    as_tuple = s.step(0.1 * sample, s.timesteps[0], sample, eta=0.0, return_dict=False)
-    for a, b in zip(as_tuple, (as_dict.prev_sample, as_dict.pred_original_sample)):
-        assert torch.allclose(a, b, atol=1e-5)
-
-
-def test_scheduler_public_api():
-    s = scheduler()
-    assert hasattr(s, "init_noise_sigma") and hasattr(s, "step")
-    sample = random_sample()
-    assert s.scale_model_input(sample, 0.0).shape == sample.shape
-
-
-def test_add_noise_device():
-    s = scheduler()
-    s.set_timesteps(STEPS)
-    sample = s.scale_model_input(random_sample(), 0.0)
-    noised = s.add_noise(sample, torch.randn(sample.shape), s.timesteps[5][None])
-    assert noised.shape == sample.shape
-
-
-def test_trained_betas(tmp_path):
-    s = scheduler(trained_betas=np.array([0.1, 0.3]))
-    s.save_pretrained(tmp_path)
-    assert s.betas.tolist() == DDIMScheduler.from_pretrained(tmp_path).betas.tolist()
