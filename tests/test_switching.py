@@ -1,5 +1,5 @@
 """Switching samplers and the rest of diffusers' scheduler API (issue 27), beyond diffusers' own tests
-(tests/upstream/): the switching chain, the rules it follows, the config as a mapping, the constructor taking the
+(ported in test_upstream_schedulers.py): the switching chain, the rules it follows, the config as a mapping, the constructor taking the
 reference's saved configs, and the options through `i2vgen generate`.
 
 Expected values are diffusers' documented behaviour (configuration_utils.py, the schedulers' __init__) or follow from
