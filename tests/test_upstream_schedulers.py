@@ -201,7 +201,7 @@ KARRAS, V = dict(use_karras_sigmas=True), dict(prediction_type="v_prediction")
     (UNIPC, KARRAS, None, 0.2925),                                        # test_full_loop_with_karras
     (UNIPC, V, None, 0.1014),                                             # test_full_loop_with_v_prediction
     (UNIPC, {**V, **KARRAS}, None, 0.1966),                               # test_full_loop_with_karras_and_v_prediction
-    (UNIPC_1D, {}, None, 0.2441),
+    (UNIPC_1D, {}, None, 0.2441),                                         # the same four, 1-D samples
     (UNIPC_1D, KARRAS, None, 0.2898),
     (UNIPC_1D, V, None, 0.1014),
     (UNIPC_1D, {**V, **KARRAS}, None, 0.1944),
@@ -283,12 +283,12 @@ def test_custom_schedule(case, given, config):
     planned.set_timesteps(10)
     custom = case.make(**config)
     custom.set_timesteps(num_inference_steps=None, **{given: getattr(planned, given)})
-    first = full_loop(case, planned)
-    assert_same(first, toy_loop(custom, ramp(case.shape) * custom.init_noise_sigma))
+    assert_same(full_loop(case, planned), toy_loop(custom, ramp(case.shape) * custom.init_noise_sigma))
 
 
 def test_duplicated_timesteps():
-    """DPM with as many steps as train steps: no timestep twice."""
+    """DPM with as many steps as train steps: num_inference_steps counts the timesteps. (Despite the name, one
+    timestep does repeat here, in diffusers 0.35.2 as in ours: 999 distinct of 1000.)"""
     scheduler = DPM.make()
     scheduler.set_timesteps(scheduler.config.num_train_timesteps)
     assert len(scheduler.timesteps) == scheduler.num_inference_steps
