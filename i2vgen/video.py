@@ -1,4 +1,4 @@
-"""Writing frames to a GIF (Pillow) or an MP4 (imageio-ffmpeg, the optional `mp4` extra).
+"""Writing frames to a GIF (Pillow) or an MP4 (imageio-ffmpeg, the optional `mp4` extra), and reading them back.
 
 Both writers go through a temporary file in the destination folder that is renamed into place only once
 it is complete, so an error, Ctrl-C or SIGTERM never leaves a half-written video behind. `check_output_path`
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-__all__ = ["check_output_path", "exit_on_sigterm", "export_to_gif", "export_to_video"]
+__all__ = ["check_output_path", "exit_on_sigterm", "export_to_gif", "export_to_video", "read_video"]
 
 
 def _to_uint8_frames(frames) -> list[np.ndarray]:
@@ -126,3 +126,36 @@ def export_to_video(frames, output_video_path, fps: int = 10, quality: float = 5
         finally:
             writer.close()
     return str(output_video_path)
+
+
+def read_video(path) -> np.ndarray:
+    """The frames of a GIF (Pillow) or another video file (imageio-ffmpeg) as uint8 (F, H, W, 3).
+    Raises ValueError in one line naming the file when it cannot be read or holds no frame."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".gif":
+            with PIL.Image.open(path) as gif:
+                frames = []
+                for index in range(getattr(gif, "n_frames", 1)):
+                    gif.seek(index)
+                    frames.append(np.asarray(gif.convert("RGB")))
+        else:
+            frames = _read_with_ffmpeg(path)
+    except (OSError, RuntimeError, EOFError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]  # ffmpeg appends its log
+        raise ValueError(f"cannot read video {path}: {first_line.removesuffix(' === stderr ===')}") from None
+    if not frames:
+        raise ValueError(f"cannot read video {path}: no frames")
+    return np.stack(frames)
+
+
+def _read_with_ffmpeg(path: Path) -> list[np.ndarray]:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ImportError(f"reading {path} needs imageio-ffmpeg: pip install 'i2vgen[mp4]' (GIFs need only Pillow)") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    width, height = next(reader)["size"]
+    return [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader]

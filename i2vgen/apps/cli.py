@@ -7,7 +7,7 @@ before generation starts. Errors are one line on stderr and a non-zero exit; an 
 SIGTERM) leaves no partial video.
 
 The parsed options become a `VideoRequest` and `ModelOptions` (render.py), rendered as the web app and job files
-render theirs; `i2vgen app` and `--jobs` are dispatched to web.py and jobs.py.
+render theirs; `i2vgen app`, `i2vgen eval` and `--jobs` are dispatched to web.py, evaluate.py and jobs.py.
 """
 
 import argparse
@@ -161,6 +161,10 @@ def main(argv=None) -> int:
         from i2vgen.apps.web import main as app_main
 
         return app_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from i2vgen.apps.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.jobs is not None or args.out_dir is not None:
