@@ -129,16 +129,13 @@ def export_to_video(frames, output_video_path, fps: int = 10, quality: float = 5
 
 
 def read_video(path) -> np.ndarray:
-    """The frames of a GIF (Pillow) or another video file (imageio-ffmpeg) as uint8 (F, H, W, 3).
+    """The frames of a GIF (Pillow; merged identical frames expanded again) or another video file
+    (imageio-ffmpeg) as uint8 (F, H, W, 3).
     Raises ValueError in one line naming the file when it cannot be read or holds no frame."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".gif":
-            with PIL.Image.open(path) as gif:
-                frames = []
-                for index in range(getattr(gif, "n_frames", 1)):
-                    gif.seek(index)
-                    frames.append(np.asarray(gif.convert("RGB")))
+            frames = _read_gif(path)
         else:
             frames = _read_with_ffmpeg(path)
     except (OSError, RuntimeError, EOFError) as error:
@@ -147,6 +144,21 @@ def read_video(path) -> np.ndarray:
     if not frames:
         raise ValueError(f"cannot read video {path}: no frames")
     return np.stack(frames)
+
+
+def _read_gif(path: Path) -> list[np.ndarray]:
+    """A GIF's frames. Pillow writes a run of identical frames as one frame showing for their summed durations;
+    each frame is repeated round(duration / shortest duration) times to undo that (a GIF whose frames were all
+    identical keeps one frame: nothing tells how many it had)."""
+    frames, durations = [], []
+    with PIL.Image.open(path) as gif:
+        for index in range(getattr(gif, "n_frames", 1)):
+            gif.seek(index)
+            frames.append(np.asarray(gif.convert("RGB")))
+            durations.append(gif.info.get("duration") or 0)
+    unit = min(durations)
+    repeats = [max(1, round(d / unit)) if unit > 0 else 1 for d in durations]
+    return [frame for frame, n in zip(frames, repeats) for _ in range(n)]
 
 
 def _read_with_ffmpeg(path: Path) -> list[np.ndarray]:
