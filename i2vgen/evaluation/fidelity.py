@@ -20,12 +20,18 @@ def first_frame_psnr(video, image) -> float:
     return psnr(np.asarray(video)[0], image)
 
 
-def per_frame_psnr(video, reference) -> list[float]:
-    """PSNR of each frame against the same frame of a reference clip of equal length."""
+def _per_frame(metric, video, reference) -> list[float]:
+    """`metric` of each frame against the same frame of a reference clip of equal length."""
     video, reference = np.asarray(video), np.asarray(reference)
     if len(video) != len(reference):
-        raise ValueError(f"per_frame_psnr needs videos of one length, got {len(video)} and {len(reference)} frames")
-    return [psnr(a, b) for a, b in zip(video, reference)]
+        raise ValueError(f"per-frame {metric.__name__} needs videos of one length, got {len(video)} and "
+                         f"{len(reference)} frames")
+    return [metric(a, b) for a, b in zip(video, reference)]
+
+
+def per_frame_psnr(video, reference) -> list[float]:
+    """PSNR of each frame against the same frame of a reference clip of equal length."""
+    return _per_frame(psnr, video, reference)
 
 
 # SSIM (Wang, Bovik, Sheikh and Simoncelli 2004, eq. 13) with the paper's constants: an 11x11 Gaussian window of
@@ -65,7 +71,4 @@ def first_frame_ssim(video, image) -> float:
 
 def per_frame_ssim(video, reference) -> list[float]:
     """SSIM of each frame against the same frame of a reference clip of equal length."""
-    video, reference = np.asarray(video), np.asarray(reference)
-    if len(video) != len(reference):
-        raise ValueError(f"per_frame_ssim needs videos of one length, got {len(video)} and {len(reference)} frames")
-    return [ssim(a, b) for a, b in zip(video, reference)]
+    return _per_frame(ssim, video, reference)
