@@ -1,7 +1,7 @@
 """The weights-free metrics of `i2vgen eval` on the tiny demo model, with their noise across seeds (issue 24's
 table in docs/evaluation.md).
 
-    OMP_NUM_THREADS=1 nice .venv/bin/python scripts/eval_study.py [--per-direction 2] [--seeds 3]
+    OMP_NUM_THREADS=1 nice .venv/bin/python scripts/eval_study.py [--per-direction 3] [--seeds 3]
         [--conditions ddim50,fast,lora] [--out runs/eval_study] [--table docs/...md]
 
 First frames come from the held-out split, drawn as scripts/eval_demo.py draws them (its seed, `--per-direction`
@@ -102,7 +102,7 @@ def table(results: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="weights/tiny-demo")
-    parser.add_argument("--per-direction", type=int, default=2)
+    parser.add_argument("--per-direction", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1234, help="eval_demo's seed: its held-out first frames")
     parser.add_argument("--batch", type=int, default=8)
