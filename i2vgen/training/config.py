@@ -3,7 +3,7 @@
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from i2vgen.loading import check_config_types, read_json
+from i2vgen.loading import _tuplify, check_config_types, read_json
 
 
 @dataclass
@@ -20,6 +20,19 @@ class TrainConfig:
     fps: int = 16  # the fps micro-condition (the pipeline's target_fps default)
     start_anywhere: bool = False  # start positions independent of the direction (data.sample_spec)
     directions: tuple[str, ...] = ("left", "right", "up", "down")  # motions drawn (data.MOTIONS: + diagonals)
+
+    # Data: your own clips (docs/training.md, "Fine-tune on your own clips"). With data_dir, a folder of clips
+    # and captions (i2vgen/training/video_folder.py) replaces the synthetic clips; num_clips, start_anywhere
+    # and directions are then unused.
+    data_dir: str | None = None
+    # [[height, width, frames], ...]: each clip trains at the bucket nearest its aspect ratio (buckets.py);
+    # default one bucket [resolution, resolution, num_frames].
+    buckets: tuple[tuple[int, int, int], ...] | None = None
+    # Target frame rates, one drawn per sample: frames are read with stride round(clip fps / target) and the fps
+    # condition is the rate of the frames read (windows.py). Default: (fps,).
+    sample_fps: tuple[int, ...] | None = None
+    cache_dir: str | None = None  # the encoder cache (cache.py); default <output_dir>/cache
+    num_workers: int = 2  # DataLoader workers reading the cache
 
     # LoRA (i2vgen/lora.py, needs peft): train only a low-rank adapter, the UNet stays frozen. The fields of
     # lora.LoraSettings, e.g. {"rank": 8, "alpha": 8, "dropout": 0.0, "target_modules": ["to_q", "to_k"]};
@@ -69,9 +82,9 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown training config keys {unknown}; known keys: {sorted(known)}")
-        for key in ("adam_betas", "directions"):
+        for key in ("adam_betas", "directions", "buckets", "sample_fps"):
             if key in data:
-                data[key] = tuple(data[key]) if isinstance(data[key], list) else data[key]
+                data[key] = _tuplify(data[key])
         check_config_types(cls, data, str(path))
         return cls(**data)
 

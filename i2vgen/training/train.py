@@ -31,7 +31,6 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
@@ -39,6 +38,8 @@ from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
+from i2vgen.training.dataset import folder_batches, folder_dataset
+from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
 
 
 # ---- frozen encoders ----
@@ -92,42 +93,6 @@ def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator:
     conditions = dict(fps=torch.full((cfg.batch_size,), cfg.fps), image_latents=image_latents_from(x0[:, :, 0], x0.shape[2]),
                       image_embeddings=image, encoder_hidden_states=text)
     return x0, conditions
-
-
-# ---- the objective ----
-
-def offset_noise(shape, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise plus `strength` times noise that is constant over each frame of each channel
-    (shape (B, C, F, 1, 1)), as VGen's DiffusionDDIM.sample_loss: lets the model change a frame's mean."""
-    b, c, f = shape[:3]
-    return torch.randn(shape, generator=generator) + strength * torch.randn((b, c, f, 1, 1), generator=generator)
-
-
-def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator,
-                     high_noise_fraction: float = 0.0, high_noise_min_timestep: int = 900) -> torch.Tensor:
-    """Uniform over 0..T-1; with high_noise_fraction > 0 each row is, with that probability, drawn from
-    high_noise_min_timestep..T-1 instead (TrainConfig)."""
-    t = torch.randint(num_train_timesteps, (batch_size,), generator=generator)
-    if high_noise_fraction > 0:
-        if not 0 <= high_noise_min_timestep < num_train_timesteps:
-            raise ValueError(f"high_noise_min_timestep must be in [0, {num_train_timesteps}), got {high_noise_min_timestep}")
-        high = torch.randint(high_noise_min_timestep, num_train_timesteps, (batch_size,), generator=generator)
-        t = torch.where(torch.rand(batch_size, generator=generator) < high_noise_fraction, high, t)
-    return t
-
-
-def v_prediction_loss(unet, scheduler, x0: torch.Tensor, conditions: dict, noise_offset: float,
-                      generator: torch.Generator, high_noise_fraction: float = 0.0,
-                      high_noise_min_timestep: int = 900) -> torch.Tensor:
-    """MSE between the UNet output at a drawn timestep (`sample_timesteps`) and the velocity target."""
-    noise = offset_noise(x0.shape, noise_offset, generator)
-    t = sample_timesteps(x0.shape[0], scheduler.config.num_train_timesteps, generator, high_noise_fraction,
-                         high_noise_min_timestep)
-    x0, noise, t = x0.to(unet.device), noise.to(unet.device), t.to(unet.device)
-    x_t = scheduler.add_noise(x0, noise, t)
-    target = scheduler.get_velocity(x0, noise, t)
-    pred = unet(x_t, t, **{k: v.to(unet.device) for k, v in conditions.items()}).sample
-    return F.mse_loss(pred.float(), target.float())
 
 
 class EMA:
@@ -237,18 +202,28 @@ def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
     return pool
 
 
-def accumulate_gradients(unet, scheduler, pool: dict, cfg: TrainConfig, scaling_factor: float,
-                         generator: torch.Generator, autocast) -> float:
-    """Backpropagate cfg.gradient_accumulation_steps random batches (each loss divided by their number);
-    returns the mean loss."""
+def synthetic_batches(pool: dict, cfg: TrainConfig, scaling_factor: float, num_train_timesteps: int,
+                      generator: torch.Generator):
+    """Per optimiser step, its micro-batches drawn from the synthetic clip pool with the run's generator."""
+    while True:
+        step = []
+        for _ in range(cfg.gradient_accumulation_steps):
+            x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
+            noise = offset_noise(x0.shape, cfg.noise_offset, generator)
+            t = sample_timesteps(x0.shape[0], num_train_timesteps, generator, cfg.high_noise_fraction,
+                                 cfg.high_noise_min_timestep)
+            step.append({"x0": x0, "noise": noise, "t": t, "conditions": conditions})
+        yield step
+
+
+def accumulate_gradients(unet, scheduler, micro_batches: list, autocast) -> float:
+    """Backpropagate the step's micro-batches (each loss divided by their number); returns the mean loss."""
     total = 0.0
-    for _ in range(cfg.gradient_accumulation_steps):
-        x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
+    for batch in micro_batches:
         with autocast:
-            loss = v_prediction_loss(unet, scheduler, x0, conditions, cfg.noise_offset, generator,
-                                     cfg.high_noise_fraction, cfg.high_noise_min_timestep)
-        (loss / cfg.gradient_accumulation_steps).backward()
-        total += loss.item() / cfg.gradient_accumulation_steps
+            loss = velocity_loss(unet, scheduler, batch["x0"], batch["noise"], batch["t"], batch["conditions"])
+        (loss / len(micro_batches)).backward()
+        total += loss.item() / len(micro_batches)
     return total
 
 
@@ -285,7 +260,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     pipe = load_pipeline(cfg)
-    pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
+    dataset = folder_dataset(pipe, cfg, output_dir) if cfg.data_dir else None
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
     trainable, ema, optimizer, lr_scheduler = setup_optimization(unet, cfg)
@@ -300,12 +275,17 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
         unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                               enabled=cfg.mixed_precision == "bf16")
-    scaling_factor = pipe.vae.config.scaling_factor
+    if dataset is not None:
+        batches = folder_batches(dataset, step, cfg.num_workers)
+    else:
+        pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
+        batches = synthetic_batches(pool, cfg, pipe.vae.config.scaling_factor, scheduler.config.num_train_timesteps,
+                                    generator)
     smoothed = None
     start_time = time.time()
     with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
         while step < min(cfg.max_steps, until or cfg.max_steps):
-            total = accumulate_gradients(unet, scheduler, pool, cfg, scaling_factor, generator, autocast)
+            total = accumulate_gradients(unet, scheduler, next(batches), autocast)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
