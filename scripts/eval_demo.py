@@ -28,6 +28,7 @@ import PIL.ImageDraw
 import torch
 
 from i2vgen import I2VGenXLPipeline
+from i2vgen.evaluation.fidelity import psnr
 from i2vgen.training.data import DIAGONALS, DIRECTIONS, MOTIONS, render_frame, sample_spec
 
 MIN_DISPLACEMENT = 6.0  # pixels, first to last frame
@@ -36,19 +37,19 @@ DIRECTION_SETS = {"axis": tuple(DIRECTIONS), "diagonal": tuple(DIAGONALS), "all"
 MIN_PSNR = 20.0  # dB, first frame vs input
 
 
+def object_mask(frame: np.ndarray) -> np.ndarray:
+    """The pixels that stand out from the background (the frame's median colour) by a quarter of the range."""
+    background = np.median(frame.reshape(-1, 3), axis=0)
+    return np.abs(frame - background).max(axis=-1) > 0.25
+
+
 def object_centroid(frame: np.ndarray) -> tuple[float, float] | None:
     """(x, y) centroid of the pixels that stand out from the background, or None if there are none."""
-    background = np.median(frame.reshape(-1, 3), axis=0)
-    mask = np.abs(frame - background).max(axis=-1) > 0.25
+    mask = object_mask(frame)
     if mask.sum() < 3:
         return None
     ys, xs = np.nonzero(mask)
     return float(xs.mean()), float(ys.mean())
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of images in [0, 1]."""
-    return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)))
 
 
 def judge(video: np.ndarray, image: np.ndarray, direction: str) -> dict:
