@@ -133,8 +133,10 @@ def folder_batches(dataset: ClipDataset, start_step: int, num_workers: int):
     """Per optimiser step from `start_step` on, the list of its micro-batches, read by DataLoader workers."""
     cfg = dataset.cfg
     indices = range(start_step * dataset.per_step, len(dataset))
+    # Its own generator: the workers' base seed (unused: items seed themselves) is not taken from torch's global
+    # RNG, which a resumed run restores and the UNet's dropout draws from.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(indices, cfg.batch_size, False),
-                                         num_workers=num_workers, persistent_workers=False)
+                                         num_workers=num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     micro = iter(loader)
     while True:
         yield [to_micro_batch(next(micro)) for _ in range(cfg.gradient_accumulation_steps)]
