@@ -3,7 +3,9 @@
 Expected values come from how the clips are written here (frame counts, frame rates, sizes) and from the
 definitions in windows.py and buckets.py (VGen's stride = round(clip fps / target fps))."""
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -12,9 +14,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from i2vgen.training.train import main
 from i2vgen.training.buckets import Bucket, nearest_bucket, parse_buckets
 from i2vgen.training.video_folder import Clip, ClipError, read_frames, scan_folder
 from i2vgen.training.windows import Window, stride_for, window
+
+TINY_DEMO = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
 
 
 def write_mp4(path: Path, num_frames: int, fps: int, size=(32, 32)) -> Path:
@@ -188,3 +193,29 @@ def test_a_folder_with_no_clips(tmp_path):
         scan_folder(tmp_path)
     with pytest.raises(ValueError, match="is not a folder"):
         scan_folder(tmp_path / "nowhere")
+
+
+# ---- through i2vgen train: one line, exit 2 ----
+
+def _run_train(config: dict, tmp_path, *extra) -> tuple[int, str]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config | {"model": str(TINY_DEMO)}))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--config", str(path), *extra])
+    return code, err.getvalue()
+
+
+def test_data_errors_through_the_command(tmp_path):
+    (tmp_path / "data").mkdir()
+    code, err = _run_train({"output_dir": str(tmp_path / "run"),
+                            "data_dir": str(tmp_path / "data")}, tmp_path)
+    assert code == 2 and err.strip().endswith("has no clips: expected a metadata.csv or metadata.jsonl (file_name,text) "
+                                              "or video files (.mp4, .webm, .mov, .mkv, .gif) or folders of frames "
+                                              "with a same-name .txt caption")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    code, err = _run_train({"output_dir": str(tmp_path / "run"),
+                            "buckets": [[64, 60, 8]]}, tmp_path)
+    assert code == 2 and "config.json: buckets: bucket [64, 60, 8]: height and width must be positive multiples of 8" in err
+    code, err = _run_train({"output_dir": str(tmp_path / "run")}, tmp_path, "--encode-only")
+    assert code == 2 and "--encode-only needs a data_dir" in err

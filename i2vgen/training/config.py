@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from i2vgen.loading import _tuplify, check_config_types, read_json
+from i2vgen.training.buckets import parse_buckets
 
 
 @dataclass
@@ -86,6 +87,10 @@ class TrainConfig:
             if key in data:
                 data[key] = _tuplify(data[key])
         check_config_types(cls, data, str(path))
+        if data.get("buckets") is not None:
+            parse_buckets(data["buckets"], f"{path}: buckets")
+        if any(fps <= 0 for fps in data.get("sample_fps") or ()):
+            raise ValueError(f"{path}: sample_fps must be positive frame rates, got {list(data['sample_fps'])}")
         return cls(**data)
 
     def to_dict(self) -> dict:

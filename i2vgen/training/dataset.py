@@ -22,7 +22,7 @@ from safetensors import safe_open
 from i2vgen.models.unet import image_latents_from
 from i2vgen.training.buckets import Bucket, parse_buckets
 from i2vgen.training.cache import load_null_text, update_cache
-from i2vgen.training.video_folder import scan_folder
+from i2vgen.training.video_folder import DataError, scan_folder
 from i2vgen.training.objective import offset_noise, sample_timesteps
 from i2vgen.training.windows import stride_for, window
 
@@ -102,7 +102,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def folder_dataset(pipe, cfg, output_dir: Path) -> ClipDataset:
     """Scan cfg.data_dir, bring the encoder cache up to date, and list every clip left out (and why) in
-    <output_dir>/skipped_clips.txt. A folder with no usable clip is a ValueError."""
+    <output_dir>/skipped_clips.txt. A folder with no usable clip is a DataError."""
     buckets = parse_buckets(cfg.buckets or [(cfg.resolution, cfg.resolution, cfg.num_frames)], "buckets")
     clips, problems = scan_folder(cfg.data_dir)
     cache_dir = Path(cfg.cache_dir or output_dir / "cache")
@@ -115,7 +115,7 @@ def folder_dataset(pipe, cfg, output_dir: Path) -> ClipDataset:
           f"higher frame rate than asked" + (f" (see {output_dir / 'skipped_clips.txt'})" if skipped or faster else ""),
           file=sys.stderr)
     if not usable:
-        raise ValueError(f"data_dir {cfg.data_dir!r}: no usable clip ({len(skipped)} skipped: "
+        raise DataError(f"data_dir {cfg.data_dir!r}: no usable clip ({len(skipped)} skipped: "
                          f"{skipped[0] if skipped else 'none'})")
     return ClipDataset(cache_dir, usable, load_null_text(null_text), buckets, cfg, pipe.vae.config.scaling_factor,
                        pipe.scheduler.config.num_train_timesteps)

@@ -39,6 +39,7 @@ from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 from i2vgen.training.dataset import folder_batches, folder_dataset
+from i2vgen.training.video_folder import DataError
 from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
 
 
@@ -312,13 +313,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="i2vgen train", description="Train the I2VGen-XL UNet (see docs/training.md).")
     parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields")
     parser.add_argument("--until", type=int, help="stop after this step (with a checkpoint); rerun to continue")
+    parser.add_argument("--encode-only", action="store_true",
+                        help="with data_dir: bring the encoder cache up to date, then stop")
     args = parser.parse_args(argv)
     try:
         cfg = TrainConfig.from_json(args.config)
     except (OSError, ValueError) as error:  # the config file: one line naming it, not a traceback
         print(f"i2vgen train: error: {error}", file=sys.stderr)
         return 2
-    out = train(cfg, until=args.until)
+    try:
+        if args.encode_only:
+            if not cfg.data_dir:
+                raise DataError(f"{args.config}: --encode-only needs a data_dir in the config")
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            folder_dataset(load_pipeline(cfg), cfg, Path(cfg.output_dir))
+            return 0
+        out = train(cfg, until=args.until)
+    except DataError as error:  # the data: one line naming the file
+        print(f"i2vgen train: error: {error}", file=sys.stderr)
+        return 2
     print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
     return 0
 

@@ -11,7 +11,7 @@ ships inside its wheel), or a folder of frames (png, jpg, jpeg, webp), read in n
 Every problem with one clip (missing file, empty caption, unreadable or truncated video, no frames) is a
 `ClipError` whose message is one line naming the file; `scan_folder` collects them so that the run can skip
 those clips and list them. A folder with no clips at all, or a metadata file that cannot be read, is a
-ValueError.
+DataError.
 """
 
 import csv
@@ -27,8 +27,12 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 
 
-class ClipError(ValueError):
-    """One clip that cannot be used; the message names its file."""
+class DataError(ValueError):
+    """A problem with the training data; the message is one line naming the file."""
+
+
+class ClipError(DataError):
+    """One clip that cannot be used (the run skips it and lists it)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def _read_metadata(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the metadata file ({error})") from None
+        raise DataError(f"{path}: cannot read the metadata file ({error})") from None
     if path.suffix == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         columns = set(rows[0]) if rows else set()
@@ -71,13 +75,13 @@ def _read_metadata(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number} is not JSON ({error.msg})") from None
+                    raise DataError(f"{path}: line {number} is not JSON ({error.msg})") from None
                 if not isinstance(rows[-1], dict):
-                    raise ValueError(f"{path}: line {number} is not a JSON object")
+                    raise DataError(f"{path}: line {number} is not a JSON object")
         columns = set().union(*rows) if rows else set()
     missing = {"file_name", "text"} - columns
     if rows and missing:
-        raise ValueError(f"{path}: needs the columns file_name and text; missing {sorted(missing)}")
+        raise DataError(f"{path}: needs the columns file_name and text; missing {sorted(missing)}")
     return rows
 
 
@@ -117,7 +121,7 @@ def scan_folder(folder) -> tuple[list[Clip], list[str]]:
     same-name `.txt` caption beside it is one."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"data_dir {str(folder)!r} is not a folder")
+        raise DataError(f"data_dir {str(folder)!r} is not a folder")
     metadata = [folder / name for name in METADATA_FILES if (folder / name).exists()]
     clips, problems = [], []
     if metadata:
@@ -133,7 +137,7 @@ def scan_folder(folder) -> tuple[list[Clip], list[str]]:
             except ClipError as error:
                 problems.append(str(error))
     if not clips and not problems:
-        raise ValueError(f"data_dir {str(folder)!r} has no clips: expected a metadata.csv or metadata.jsonl "
+        raise DataError(f"data_dir {str(folder)!r} has no clips: expected a metadata.csv or metadata.jsonl "
                          f"(file_name,text) or video files ({', '.join(VIDEO_SUFFIXES)}) or folders of frames "
                          f"with a same-name .txt caption")
     return clips, problems
@@ -151,7 +155,10 @@ def _in_range(clip: Clip, index: int, fps: float) -> bool:
 
 
 def _decode_video(clip: Clip, transform) -> tuple[list, float]:
-    import av  # the optional extra i2vgen[video]
+    try:
+        import av  # the optional extra i2vgen[video]
+    except ImportError:
+        raise DataError(f"{clip.path}: decoding video files needs PyAV: pip install 'i2vgen[video]'") from None
 
     try:
         with av.open(str(clip.path)) as container:
