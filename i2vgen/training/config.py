@@ -67,6 +67,13 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimiser state stay float32)
     gradient_checkpointing: bool = False  # recompute block activations in backward (docs/training.md)
 
+    # Validation (validation.py): every validate_every steps (0: never) and at the end, videos from the
+    # `validation` section's fixed inputs and held-out clips with the EMA weights, a held-out loss and PSNRs,
+    # e.g. {"data_dir": "heldout_clips", "samples": [{"image": "cat.png", "prompt": "a cat", "seed": 0}]}.
+    validate_every: int = 0
+    validation: dict | None = None
+    tensorboard: bool = False  # also log to <output_dir>/tensorboard (board.py)
+
     # Bookkeeping.
     seed: int = 0
     checkpoint_every: int = 250

@@ -39,6 +39,8 @@ from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 from i2vgen.training.dataset import folder_batches, folder_dataset
+from i2vgen.training import board
+from i2vgen.training.validation import ValidationSettings, Validator, grid
 from i2vgen.training.video_folder import DataError
 from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
 
@@ -243,12 +245,32 @@ def setup_optimization(unet, cfg: TrainConfig):
     return trainable, ema, optimizer, lr_scheduler
 
 
-def log_step(log, bar, step: int, loss: float, smoothed: float, lr: float, seconds: float) -> None:
-    """One line of log.jsonl per optimizer step, and the progress bar's smoothed loss."""
+def log_step(log, bar, step: int, loss: float, smoothed: float, lr: float, seconds: float, writer=None) -> None:
+    """One line of log.jsonl per optimizer step, the progress bar's smoothed loss, and TensorBoard's scalars."""
     bar.update(1)
     bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr:.2e}")
     log.write(json.dumps({"step": step, "loss": loss, "lr": lr, "seconds": round(seconds, 2)}) + "\n")
     log.flush()
+    if writer is not None:
+        writer.add_scalar("train/loss", loss, step)
+        writer.add_scalar("train/lr", lr, step)
+
+
+def validator_for(pipe, cfg: TrainConfig, output_dir: Path) -> Validator | None:
+    if not cfg.validate_every:
+        return None
+    height, width, frames = (cfg.buckets or [(cfg.resolution, cfg.resolution, cfg.num_frames)])[0]
+    settings = ValidationSettings.from_config(cfg.validation or {})
+    return Validator(pipe, settings, output_dir, frames, width, height, cfg.seed)
+
+
+def validate(validator: Validator, pipe, ema: EMA, step: int, output_dir: Path, writer) -> None:
+    """Validate the EMA weights; metrics to validation.jsonl (and TensorBoard)."""
+    metrics, names, videos = validator.run(pipe, ema.model, step)
+    with open(output_dir / "validation.jsonl", "a") as log:
+        log.write(json.dumps({"step": step, **metrics}) + "\n")
+    if writer is not None:
+        board.log_validation(writer, step, metrics, names, videos, grid(videos))
 
 
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
@@ -262,6 +284,8 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
 
     pipe = load_pipeline(cfg)
     dataset = folder_dataset(pipe, cfg, output_dir) if cfg.data_dir else None
+    validator = validator_for(pipe, cfg, output_dir)
+    writer = board.open_writer(output_dir / "tensorboard") if cfg.tensorboard else None
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
     trainable, ema, optimizer, lr_scheduler = setup_optimization(unet, cfg)
@@ -295,10 +319,12 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
             step += 1
 
             smoothed = total if smoothed is None else 0.98 * smoothed + 0.02 * total
-            log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time)
+            log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time, writer)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
                 save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
                                 cfg.keep_checkpoints, is_lora)
+            if validator is not None and (step % cfg.validate_every == 0 or step == cfg.max_steps):
+                validate(validator, pipe, ema, step, output_dir, writer)
 
     if step < cfg.max_steps:
         return None
