@@ -40,6 +40,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from i2vgen import model_hooks
+
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 MODEL_INDEX_NAME = "model_index.json"
@@ -407,13 +409,19 @@ class ModelMixin(torch.nn.Module):
     config: Config
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, variant=None):
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, variant=None,
+                        model_hook: str | None = None):
         """Load a diffusers-layout folder. Floating tensors end up in `torch_dtype`, default float32 (as the
-        reference: an fp16 variant loads as float32 unless torch_dtype says otherwise). Returns eval() mode."""
+        reference: an fp16 variant loads as float32 unless torch_dtype says otherwise). Returns eval() mode.
+
+        A model hook (i2vgen/model_hooks.py: `model_hook`, or the `_model_hook` its config.json records) is
+        applied after the model's own tensors load strictly; the tensors it adds load from the file where it
+        has them and otherwise keep their initialisation, named in one warning."""
         folder = Path(pretrained_model_name_or_path, subfolder or "")
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, not {torch_dtype!r}")
-        config = cls.config_class.from_dict(read_config(folder), source=str(folder / "config.json"))
+        raw_config = read_config(folder)
+        config = cls.config_class.from_dict(raw_config, source=str(folder / "config.json"))
         check_folder(folder)
         try:
             with torch.device("meta"):
@@ -421,9 +429,15 @@ class ModelMixin(torch.nn.Module):
         except (ValueError, TypeError) as error:  # values of the right type that do not build a model
             raise ValueError(f"{folder / 'config.json'}: {error}") from None
         state = _read_weights(folder, variant)
+        hook = model_hook or raw_config.get("_model_hook")
+        added = {k: state.pop(k) for k in set(state) - set(model.state_dict())} if hook else {}
         _check_keys(model, state, folder)
         model.load_state_dict(state, strict=True, assign=True)
         del state  # the model now owns the tensors; casting below replaces them one by one
+        if hook:  # on the loaded model, so the hook's new modules are initialised for real
+            model_hooks.warn_new(hook, sorted(set(model_hooks.apply(model, hook)) - set(added)))
+            _check_keys(model, model.state_dict() | added, folder)  # the file's extra tensors: exactly the hook's
+            model.load_state_dict(added, strict=False)
         model.to(torch_dtype or torch.float32)  # casts floating tensors only
 
         on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -436,7 +450,8 @@ class ModelMixin(torch.nn.Module):
         """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are), or, with
         safe_serialization=False, the same state dict as a PyTorch pickle `.bin`."""
         folder = Path(save_directory)
-        write_config(folder, type(self).__name__, self.config.to_dict())
+        hook = getattr(self, "_model_hook", None)
+        write_config(folder, type(self).__name__, self.config.to_dict() | ({"_model_hook": hook} if hook else {}))
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         if safe_serialization:
             save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})

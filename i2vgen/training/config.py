@@ -40,6 +40,11 @@ class TrainConfig:
     # None trains the whole UNet.
     lora: dict | None = None
 
+    # A research change to the UNet, "package.module:function" marked with @i2vgen.model_hooks.model_hook:
+    # applied after loading `model`, recorded in the saved UNet's config.json and applied again whenever it is
+    # loaded (i2vgen/model_hooks.py). Not with `lora` yet: an adapter file cannot record it.
+    model_hook: str | None = None
+
     # Objective (REFERENCE.md; VGen configs/i2vgen_xl_train.yaml): v-prediction on the scheduler's
     # zero-terminal-SNR cosine schedule, offset noise of strength 0.1.
     noise_offset: float = 0.1

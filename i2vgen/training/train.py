@@ -34,6 +34,7 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from i2vgen import model_hooks
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training.config import TrainConfig
@@ -48,8 +49,12 @@ from i2vgen.training.objective import offset_noise, sample_timesteps, v_predicti
 # ---- frozen encoders ----
 
 def load_pipeline(cfg: TrainConfig) -> I2VGenXLPipeline:
-    """The pipeline whose UNet is trained; every other model is frozen."""
+    """The pipeline whose UNet is trained (with cfg.model_hook applied); every other model is frozen."""
     pipe = I2VGenXLPipeline.from_pretrained(cfg.model).to(cfg.device)
+    if cfg.model_hook is not None:
+        if cfg.lora is not None:
+            raise ValueError("model_hook with lora is not supported yet: the adapter file cannot record the hook")
+        model_hooks.warn_new(cfg.model_hook, model_hooks.apply(pipe.unet, cfg.model_hook))
     for frozen in (pipe.vae, pipe.text_encoder, pipe.image_encoder):
         frozen.requires_grad_(False).eval()
     return pipe
