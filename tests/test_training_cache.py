@@ -223,3 +223,15 @@ def test_training_on_a_folder_resumes_bit_for_bit(model, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)  # same samples, same ops
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3] and all(np.isfinite(e["loss"]) for e in log)
+
+
+def test_a_synthetic_clip_pool_made_otherwise_is_encoded_again(model, tmp_path, capsys):
+    from i2vgen.training.train import clip_pool, load_pipeline
+
+    cfg = TrainConfig(model=str(model), output_dir=str(tmp_path), num_clips=2, num_frames=2, resolution=32)
+    pipe = load_pipeline(cfg)
+    first = clip_pool(pipe, cfg, tmp_path / "clip_pool.pt")
+    assert clip_pool(pipe, cfg, tmp_path / "clip_pool.pt")["latent_mean"].shape == first["latent_mean"].shape
+    assert "encoding the clips again" not in capsys.readouterr().err  # the same settings: reused
+    changed = clip_pool(pipe, TrainConfig(**cfg.to_dict() | {"num_clips": 3}), tmp_path / "clip_pool.pt")
+    assert len(changed["latent_mean"]) == 3 and "encoding the clips again" in capsys.readouterr().err

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 from i2vgen import model_hooks
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
+from i2vgen.video import _atomic_path
+from i2vgen.training.cache import encoder_fingerprint
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 from i2vgen.training.dataset import folder_batches, folder_dataset
@@ -202,11 +204,20 @@ def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
 # ---- the loop ----
 
 def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
-    """The encoded training clips (encode_clips), cached at `path` so that a resumed run reuses them."""
+    """The encoded training clips (encode_clips), cached at `path` so that a resumed run reuses them. The file
+    records what produced it (the data settings and the encoders' fingerprint, cache.encoder_fingerprint); a
+    pool made otherwise is encoded again, never reused."""
+    produced_by = json.dumps({"seed": cfg.seed, "num_clips": cfg.num_clips, "num_frames": cfg.num_frames,
+                              "resolution": cfg.resolution, "start_anywhere": cfg.start_anywhere,
+                              "directions": list(cfg.directions), "encoders": encoder_fingerprint(cfg.model)})
     if path.exists():
-        return torch.load(path, weights_only=True)
-    pool = encode_clips(pipe, cfg)
-    torch.save(pool, path)
+        pool = torch.load(path, weights_only=True)
+        if pool.get("produced_by") == produced_by:
+            return pool
+        print(f"{path} was made with other settings or encoders: encoding the clips again", file=sys.stderr)
+    pool = encode_clips(pipe, cfg) | {"produced_by": produced_by}
+    with _atomic_path(path) as tmp:
+        torch.save(pool, tmp)
     return pool
 
 
