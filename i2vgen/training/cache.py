@@ -17,13 +17,11 @@ and never leaves a half-written file. One process writes a cache (under torchrun
 
 import hashlib
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
 
 import torch
-from einops import rearrange
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -142,7 +140,3 @@ def update_cache(pipe, model_folder, clips: list[Clip], buckets: tuple[Bucket, .
 def load_null_text(path: Path) -> torch.Tensor:
     return load_file(path)["text"]
 
-
-def cache_size(cache_dir) -> int:
-    """Bytes on disk."""
-    return sum(os.path.getsize(p) for p in Path(cache_dir).iterdir() if p.is_file())

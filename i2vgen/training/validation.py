@@ -21,7 +21,7 @@ from einops import rearrange
 
 from i2vgen.evaluation.fidelity import first_frame_psnr, per_frame_psnr
 from i2vgen.models.unet import image_latents_from
-from i2vgen.preprocess import center_crop_wide, vae_pixel_values
+from i2vgen.preprocess import center_crop_wide
 from i2vgen.training.objective import offset_noise, velocity_loss
 from i2vgen.training.video_folder import read_frames, scan_folder
 from i2vgen.training.windows import window
