@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_clips import SIZES, render, sample_clip  # noqa: E402
 from eval_demo import judge, object_mask  # noqa: E402
 
-from i2vgen import I2VGenXLPipeline  # noqa: E402
+from i2vgen import I2VGenXLPipeline, I2VGenXLUNet  # noqa: E402
 from i2vgen.evaluation.fidelity import first_frame_psnr  # noqa: E402
 from i2vgen.training.data import DIRECTIONS  # noqa: E402
 
@@ -98,6 +98,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="weights/tiny-demo")
     parser.add_argument("--lora", help="LoRA file or folder (none: the base model)")
+    parser.add_argument("--unet", help="a UNet folder (e.g. a checkpoint's unet_ema) to use instead of the model's")
     parser.add_argument("--per-motion", type=int, default=25)
     parser.add_argument("--seed", type=int, default=4321)
     parser.add_argument("--split", choices=("eval", "train"), default="eval",
@@ -108,6 +109,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     pipe = I2VGenXLPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.unet:
+        pipe.unet = I2VGenXLUNet.from_pretrained(args.unet)
     if args.lora:
         pipe.load_lora_weights(args.lora)
     start = time.time()
