@@ -8,6 +8,7 @@ leave out tests/test_distributed.py then: its ranks are forked, and a child fork
 several threads can hang (GNU OpenMP's thread pool does not survive fork).
 """
 
+import csv
 import dataclasses
 import inspect
 import json
@@ -15,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -91,6 +93,49 @@ def micro_pipeline(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder / "base")
     return folder / "base"
+
+
+# ---- clip folders (the training data tests) ----
+
+def write_mp4(path: Path, num_frames: int, fps: int, size=(32, 32)) -> Path:
+    """A clip whose frame k is a flat grey of level 8 k (so a decoded frame tells its index)."""
+    import av  # the video extra, which the test extra installs
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "0"}
+        for k in range(num_frames):
+            frame = np.full((height, width, 3), 8 * k, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_metadata(folder: Path, rows: list[dict], name: str = "metadata.csv") -> None:
+    if name.endswith(".csv"):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, sorted({k for row in rows for k in row}))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def clip_folder(folder, n: int, fps=(8, 24)):
+    """n clips of 6-10 frames at the given rates, one in three 48x32 (the rest 32x32), and metadata.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"clip{i:03d}.mp4"
+        write_mp4(folder / name, 6 + i % 5, fps[i % len(fps)], size=(32, 32) if i % 3 else (48, 32))
+        rows.append({"file_name": name, "text": "a red circle moving left" if i % 2 else "a blue square moving up"})
+    write_metadata(folder, rows)
+    return folder
+
 
 
 @dataclasses.dataclass

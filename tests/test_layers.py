@@ -16,6 +16,7 @@ LAYERS = {
     # ground floor: what everything above shares (config and weights files, value checks, noise, images, files)
     "i2vgen.checks": (0, "ground"), "i2vgen.loading": (0, "ground"), "i2vgen.noise": (0, "ground"),
     "i2vgen.preprocess": (0, "ground"), "i2vgen.video": (0, "ground"), "i2vgen.outputs": (0, "ground"),
+    "i2vgen.model_hooks": (0, "ground"),
     "i2vgen.evaluation": (0, "ground"),
     # the core: models and samplers know nothing of each other; the pipeline uses both; LoRA adapts the UNet
     "i2vgen.models": (1, "models"), "i2vgen.schedulers": (1, "schedulers"),

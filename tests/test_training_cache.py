@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import _micro_pipeline
-from test_training_data import write_metadata, write_mp4
+from conftest import clip_folder, micro_pipeline, write_metadata, write_mp4
 
 from i2vgen.pipeline import I2VGenXLPipeline
 from i2vgen.training import cache as cache_module
@@ -29,23 +28,12 @@ BUCKETS = parse_buckets([[32, 32, 4]])
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return _micro_pipeline(tmp_path_factory.mktemp("micro"))
+    return micro_pipeline(tmp_path_factory.mktemp("micro"))
 
 
 @pytest.fixture(scope="module")
 def pipe(model):
     return I2VGenXLPipeline.from_pretrained(model)
-
-
-def clip_folder(folder, n: int, fps=(8, 24)):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        name = f"clip{i:03d}.mp4"
-        write_mp4(folder / name, 6 + i % 5, fps[i % len(fps)], size=(32, 32) if i % 3 else (48, 32))
-        rows.append({"file_name": name, "text": "a red circle moving left" if i % 2 else "a blue square moving up"})
-    write_metadata(folder, rows)
-    return folder
 
 
 def _encoded(pipe, model, data, cache_dir, buckets=BUCKETS):

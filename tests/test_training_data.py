@@ -4,49 +4,19 @@ Expected values come from how the clips are written here (frame counts, frame ra
 definitions in windows.py and buckets.py (VGen's stride = round(clip fps / target fps))."""
 
 import contextlib
-import csv
 import io
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import DEMO_MODEL, write_metadata, write_mp4
 
 from i2vgen.training.train import main
 from i2vgen.training.buckets import Bucket, nearest_bucket, parse_buckets
 from i2vgen.training.video_folder import Clip, ClipError, read_frames, scan_folder
 from i2vgen.training.windows import Window, stride_for, window
-
-TINY_DEMO = Path(__file__).resolve().parent.parent / "weights" / "tiny-demo"
-
-
-def write_mp4(path: Path, num_frames: int, fps: int, size=(32, 32)) -> Path:
-    """A clip whose frame k is a flat grey of level 8 k (so a decoded frame tells its index)."""
-    width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "0"}
-        for k in range(num_frames):
-            frame = np.full((height, width, 3), 8 * k, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_metadata(folder: Path, rows: list[dict], name: str = "metadata.csv") -> None:
-    if name.endswith(".csv"):
-        with open(folder / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, sorted({k for row in rows for k in row}))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
-
 
 # ---- layouts and decoding ----
 
@@ -199,7 +169,7 @@ def test_a_folder_with_no_clips(tmp_path):
 
 def _run_train(config: dict, tmp_path, *extra) -> tuple[int, str]:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config | {"model": str(TINY_DEMO)}))
+    path.write_text(json.dumps(config | {"model": str(DEMO_MODEL)}))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["--config", str(path), *extra])

@@ -6,8 +6,7 @@ import warnings
 
 import pytest
 import torch
-from test_training import _micro_pipeline
-from test_training_cache import clip_folder
+from conftest import clip_folder, micro_pipeline
 
 from i2vgen.model_hooks import model_hook
 from i2vgen.models.unet import I2VGenXLUNet
@@ -35,7 +34,7 @@ def not_a_hook(unet):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return _micro_pipeline(tmp_path_factory.mktemp("micro"))
+    return micro_pipeline(tmp_path_factory.mktemp("micro"))
 
 
 def _output(unet):

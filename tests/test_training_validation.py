@@ -11,8 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_training import _micro_pipeline
-from test_training_cache import clip_folder
+from conftest import clip_folder, micro_pipeline
 
 from i2vgen.evaluation.fidelity import first_frame_psnr, per_frame_psnr, psnr
 from i2vgen.models.unet import I2VGenXLUNet
@@ -44,7 +43,7 @@ def test_unknown_validation_keys_are_named():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return _micro_pipeline(tmp_path_factory.mktemp("micro"))
+    return micro_pipeline(tmp_path_factory.mktemp("micro"))
 
 
 def test_validation_writes_videos_grid_metrics_and_tensorboard(model, tmp_path):
