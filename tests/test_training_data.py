@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 from conftest import DEMO_MODEL, write_metadata, write_mp4
 
+from i2vgen.training.config import TrainConfig
 from i2vgen.training.train import main
 from i2vgen.training.buckets import Bucket, nearest_bucket, parse_buckets
 from i2vgen.training.video_folder import Clip, ClipError, read_frames, scan_folder
@@ -189,3 +190,11 @@ def test_data_errors_through_the_command(tmp_path):
     assert code == 2 and "config.json: buckets: bucket [64, 60, 8]: height and width must be positive multiples of 8" in err
     code, err = _run_train({"output_dir": str(tmp_path / "run")}, tmp_path, "--encode-only")
     assert code == 2 and "--encode-only needs a data_dir" in err
+
+
+def test_the_demo_configs_read_mp4_files_with_data_dir():
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    full, lora = (TrainConfig.from_json(scripts / name) for name in ("train_demo_clips.json", "train_demo_clips_lora.json"))
+    assert full.data_dir == lora.data_dir == "runs/demo-clips" and full.sample_fps == (8, 12, 16, 24)
+    assert full.lora is None and "fps_embedding.0" in lora.lora["target_modules"]
+    assert "scripts/demo_clips.py --out runs/demo-clips" in (scripts / "train_demo_clips.sh").read_text()
