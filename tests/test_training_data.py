@@ -13,9 +13,9 @@ import PIL.Image
 import pytest
 from conftest import DEMO_MODEL, write_metadata, write_mp4
 
+from i2vgen.training.buckets import Bucket, nearest_bucket, parse_buckets
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.train import main
-from i2vgen.training.buckets import Bucket, nearest_bucket, parse_buckets
 from i2vgen.training.video_folder import Clip, ClipError, read_frames, scan_folder
 from i2vgen.training.windows import Window, stride_for, window
 

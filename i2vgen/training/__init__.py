@@ -1,1 +1,3 @@
-"""Training the I2VGen-XL UNet (train.py), synthetic motion data (data.py) and the tiny demo model (demo.py)."""
+"""Training the I2VGen-XL UNet (train.py, objective.py), on synthetic motion data (data.py) or your own clips
+(video_folder.py, windows.py, buckets.py, cache.py, dataset.py), with validation (validation.py, board.py);
+the tiny demo model (demo.py)."""

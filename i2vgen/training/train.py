@@ -6,7 +6,8 @@ One optimiser step, following ali-vilab/VGen (tools/train/train_t2v_enterance.py
 tools/modules/diffusions/diffusion_ddim.py, settings in configs/i2vgen_xl_train.yaml):
 1. Frozen encoders: video frames -> VAE latents x0 (B, 4, F, h, w) times scaling_factor; caption -> CLIP text
    tokens; first frame -> CLIP image embedding and the image latents that condition the UNet. Here they are
-   computed once for a pool of clips (`encode_clips`), under no_grad.
+   computed once, under no_grad: for the synthetic clips into a pool (`encode_clips`), for your own clips
+   (`data_dir`) into the on-disk encoder cache (cache.py) that dataset.py streams from.
 2. Classifier-free-guidance dropout: some rows get the pipeline's unconditional inputs instead.
 3. Offset noise eps = n + 0.1 * n_offset, n_offset constant over each frame (VGen's `sample_loss`).
 4. x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a uniform t, on the zero-terminal-SNR cosine schedule.
@@ -37,15 +38,15 @@ from tqdm.auto import tqdm
 from i2vgen import model_hooks
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
-from i2vgen.video import _atomic_path
+from i2vgen.training import board
 from i2vgen.training.cache import encoder_fingerprint
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 from i2vgen.training.dataset import folder_batches, folder_dataset
-from i2vgen.training import board
+from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
 from i2vgen.training.validation import ValidationSettings, Validator, grid
 from i2vgen.training.video_folder import DataError
-from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
+from i2vgen.video import _atomic_path
 
 
 # ---- frozen encoders ----
@@ -289,6 +290,15 @@ def validate(validator: Validator, pipe, ema: EMA, step: int, output_dir: Path, 
         board.log_validation(writer, step, metrics, names, videos, grid(videos))
 
 
+def training_batches(pipe, cfg: TrainConfig, dataset, step: int, generator: torch.Generator):
+    """Each step's micro-batches from `step` on: from the clip folder's dataset, or the synthetic pool."""
+    if dataset is not None:
+        return folder_batches(dataset, step, cfg.num_workers)
+    pool = clip_pool(pipe, cfg, Path(cfg.output_dir) / "clip_pool.pt")
+    return synthetic_batches(pool, cfg, pipe.vae.config.scaling_factor, pipe.scheduler.config.num_train_timesteps,
+                             generator)
+
+
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     """Run (or resume) training; returns the exported pipeline folder. With `until`, stop after that step
     with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue."""
@@ -316,12 +326,7 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
         unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                               enabled=cfg.mixed_precision == "bf16")
-    if dataset is not None:
-        batches = folder_batches(dataset, step, cfg.num_workers)
-    else:
-        pool = clip_pool(pipe, cfg, output_dir / "clip_pool.pt")
-        batches = synthetic_batches(pool, cfg, pipe.vae.config.scaling_factor, scheduler.config.num_train_timesteps,
-                                    generator)
+    batches = training_batches(pipe, cfg, dataset, step, generator)
     smoothed = None
     start_time = time.time()
     with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
