@@ -85,6 +85,8 @@ def evaluate(pipe, per_motion: int, seed: int, split: str) -> dict:
         "new_motion_radius_change_mean": {m: float(np.mean([r["radius_change"] for r, s in zip(sized, size_specs)
                                                             if s.motion == m])) for m in SIZES},
         "new_motion_psnr_mean": rate(sized, "psnr"),
+        "new_motion_size_changed": rate(sized, "moved"),  # the radius changed >= 2 px the asked way
+        "new_motion_psnr_ok": float(np.mean([r["psnr"] >= MIN_PSNR for r in sized])),
         "old_directions_success": rate(axis),
         "old_directions_per_direction": {d: rate([r for r, s in zip(axis, axis_specs) if s.motion == d])
                                          for d in DIRECTIONS},
