@@ -50,7 +50,7 @@ def test_the_cache_holds_what_the_encoders_make(pipe, model, tmp_path):
     key = next(k for k, e in entries.items() if e is entry)
     shard = load_file(tmp_path / "cache" / entry["shard"])
     assert shard[f"{key}.latent_mean"].shape == (7, 4, 4, 4) and shard[f"{key}.image_embeds"].shape == (7, 8)
-    expected = pipe.encode_prompt(["a red circle moving left"], None, None, None, guided=False, clip_skip=1)[0][0]
+    expected = pipe._encode_prompts(["a red circle moving left"], None, None, None, guided=False, clip_skip=1)[0][0]
     torch.testing.assert_close(shard[f"{key}.text"], expected, rtol=0, atol=0)  # the same encoder, the same call
 
 

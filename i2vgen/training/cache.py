@@ -86,7 +86,7 @@ def encode_clip(pipe, clip: Clip, buckets: tuple[Bucket, ...], chunk: int = 16) 
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
         embeds.append(pipe.encode_image(part, bucket.width)[:, 0].float().cpu())  # (n, D)
-    text = pipe.encode_prompt([clip.caption], None, None, None, guided=False, clip_skip=CLIP_SKIP)[0][0]
+    text = pipe._encode_prompts([clip.caption], None, None, None, guided=False, clip_skip=CLIP_SKIP)[0][0]
     tensors = {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds), "image_embeds": torch.cat(embeds),
                "text": text.float().cpu()}
     entry = {"frames": len(frames), "fps": fps, "bucket": chosen[0], "caption": clip.caption, "file": str(clip.path)}
@@ -96,7 +96,7 @@ def encode_clip(pipe, clip: Clip, buckets: tuple[Bucket, ...], chunk: int = 16) 
 def _null_text(pipe, cache_dir: Path, fingerprint: str) -> Path:
     path = cache_dir / f"null_text-{fingerprint[:16]}.safetensors"
     if not path.exists():
-        text = pipe.encode_prompt([""], None, None, None, guided=False, clip_skip=CLIP_SKIP)[0][0]
+        text = pipe._encode_prompts([""], None, None, None, guided=False, clip_skip=CLIP_SKIP)[0][0]
         _write_atomic(path, lambda tmp: save_file({"text": text.float().cpu().contiguous()}, tmp))
     return path
 

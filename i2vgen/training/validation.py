@@ -96,7 +96,7 @@ class Validator:
         pixels = rearrange(frames, "n f h w c -> (n f) c h w").to(pipe.device, pipe.vae.dtype)
         mean = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         x0 = rearrange(mean, "(n f) c h w -> n c f h w", n=len(clips)).float().cpu()
-        text = pipe.encode_prompt([c.caption for c in clips], None, None, None, guided=False, clip_skip=1)[0].cpu()
+        text = pipe._encode_prompts([c.caption for c in clips], None, None, None, guided=False, clip_skip=1)[0].cpu()
         image = pipe.encode_image([c.image for c in clips], self.width).cpu()
         repeat = lambda x: x.repeat_interleave(n_t, dim=0)  # noqa: E731  (every clip at every timestep)
         x0 = repeat(x0)
