@@ -125,7 +125,19 @@ def export_to_video(frames, output_video_path, fps: int = 10, quality: float = 5
                 writer.send(np.ascontiguousarray(frame))
         finally:
             writer.close()
+        _check_written(imageio_ffmpeg, tmp, len(arrays), output_video_path)
     return str(output_video_path)
+
+
+def _check_written(imageio_ffmpeg, tmp: str, expected: int, path) -> None:
+    """imageio-ffmpeg ignores ffmpeg's exit status, so a full disk would leave a cut-off file and no error: read
+    the written file back and count its frames."""
+    try:
+        written, _ = imageio_ffmpeg.count_frames_and_secs(tmp)
+    except RuntimeError:  # unreadable: ffmpeg stopped before writing the index
+        written = 0
+    if written != expected:
+        raise OSError(f"cannot write {path}: ffmpeg wrote {written} of {expected} frames (is the disk full?)")
 
 
 def read_video(path) -> np.ndarray:
