@@ -31,6 +31,8 @@ import math
 import os
 import pickle
 import re
+import shutil
+import tempfile
 import types
 import typing
 import warnings
@@ -41,6 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from i2vgen import model_hooks
+from .video import _atomic_path  # write to a temporary file, rename when complete
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -221,7 +224,8 @@ def write_config(folder, class_name: str, config: dict, filename: str = "config.
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"_class_name": class_name, **config}, indent=2, sort_keys=True) + "\n"
-    (folder / filename).write_text(text)
+    with _atomic_path(folder / filename) as temporary:
+        Path(temporary).write_text(text)
 
 
 def local_folder(path_or_hub_id, variant: str | None) -> Path:
@@ -268,20 +272,50 @@ def save_components(save_directory, components: dict, safe_serialization: bool =
     """Write a pipeline folder: model_index.json and each component's save_pretrained in its subfolder; the
     models' weights as <name>[.variant].safetensors, or `.bin` pickles with safe_serialization=False
     (transformers 5 writes the CLIP encoders as safetensors whatever is asked)."""
-    folder = Path(save_directory)
-    write_config(folder, "I2VGenXLPipeline", {name: list(lib) for name, lib in COMPONENTS.items()},
-                 MODEL_INDEX_NAME)
-    for name in COMPONENTS:
-        component = components[name]
-        if isinstance(component, ModelMixin):
-            component.save_pretrained(folder / name, safe_serialization=safe_serialization, variant=variant)
-        elif isinstance(component, torch.nn.Module):  # transformers
-            options = {"variant": variant}
-            if "safe_serialization" in inspect.signature(component.save_pretrained).parameters:  # transformers 4
-                options["safe_serialization"] = safe_serialization
-            component.save_pretrained(folder / name, **options)
+    with atomic_folder(save_directory) as folder:
+        write_config(folder, "I2VGenXLPipeline", {name: list(lib) for name, lib in COMPONENTS.items()},
+                     MODEL_INDEX_NAME)
+        for name in COMPONENTS:
+            component = components[name]
+            if isinstance(component, ModelMixin):
+                component.save_pretrained(folder / name, safe_serialization=safe_serialization, variant=variant)
+            elif isinstance(component, torch.nn.Module):  # transformers
+                options = {"variant": variant}
+                if "safe_serialization" in inspect.signature(component.save_pretrained).parameters:  # transformers 4
+                    options["safe_serialization"] = safe_serialization
+                component.save_pretrained(folder / name, **options)
+            else:
+                component.save_pretrained(folder / name)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder):
+    """Yield a hidden temporary folder beside `folder`; once the block finishes, move each file written into its
+    place in `folder` by renaming (files already there and not rewritten stay). An error, a full disk or a kill
+    while writing leaves the old state and no temporary folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot save to {folder}: it is a file, not a folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        yield temporary
+        _move_into(temporary, folder)
+    except OSError as error:  # name the real destination, never the temporary folder
+        if str(temporary) not in str(error):
+            raise
+        raise OSError(str(error).replace(str(temporary), str(folder))) from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    target.mkdir(exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir():
+            _move_into(entry, target / entry.name)
         else:
-            component.save_pretrained(folder / name)
+            os.replace(entry, target / entry.name)
 
 
 @contextlib.contextmanager
@@ -449,14 +483,19 @@ class ModelMixin(torch.nn.Module):
     def save_pretrained(self, save_directory, safe_serialization: bool = True, variant=None):
         """Write config.json and diffusion_pytorch_model[.variant].safetensors (tensors as they are), or, with
         safe_serialization=False, the same state dict as a PyTorch pickle `.bin`."""
-        folder = Path(save_directory)
         hook = getattr(self, "_model_hook", None)
-        write_config(folder, type(self).__name__, self.config.to_dict() | ({"_model_hook": hook} if hook else {}))
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        if safe_serialization:
-            save_file(state, folder / _with_variant(WEIGHTS_NAME, variant), metadata={"format": "pt"})
-        else:
-            torch.save(state, folder / _with_variant(BIN_NAME, variant))
+        with atomic_folder(save_directory) as folder:
+            write_config(folder, type(self).__name__, self.config.to_dict() | ({"_model_hook": hook} if hook else {}))
+            name = _with_variant(WEIGHTS_NAME if safe_serialization else BIN_NAME, variant)
+            try:
+                if safe_serialization:
+                    save_file(state, folder / name, metadata={"format": "pt"})
+                else:
+                    torch.save(state, folder / name)
+            except (SafetensorError, RuntimeError) as error:  # e.g. a full disk, as safetensors reports it
+                detail = str(error).strip().splitlines()[0]
+                raise OSError(f"cannot write {Path(save_directory) / name}: {detail}") from None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -70,3 +70,29 @@ def test_full_disk_during_mp4_export_fails_and_leaves_nothing(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and last.startswith(f"i2vgen: error: cannot write {out / 'v.mp4'}: ffmpeg wrote "), last
     assert "(is the disk full?)" in last and list(out.iterdir()) == []
+
+
+SAVE_ON_FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from i2vgen import I2VGenXLPipeline
+    pipe = I2VGenXLPipeline.from_pretrained(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the UNet's weights are 5.6 MB
+    try:
+        pipe.save_pretrained(sys.argv[2])
+    except OSError as error:
+        sys.exit(f"refused: {error}")
+""")
+
+
+@pytest.mark.parametrize("old_save", [False, True])
+def test_save_pretrained_onto_a_full_disk_leaves_the_old_state(tmp_path, old_save):
+    target = tmp_path / "saved"
+    if old_save:
+        I2VGenXLPipeline.from_pretrained(TINY).save_pretrained(target)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*"))
+    result = subprocess.run([sys.executable, "-c", SAVE_ON_FULL_DISK, TINY, target], capture_output=True, text=True,
+                            timeout=300, env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 1 and result.stderr.startswith(f"refused: cannot write {target}/"), result.stderr
+    assert ".partial" not in result.stderr
+    assert sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*")) == before
