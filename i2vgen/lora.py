@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checks import check_int, check_real
 from .video import _atomic_path  # write to a temporary file, rename when complete
 
 try:
@@ -135,10 +136,40 @@ def read_lora_file(path_or_folder, weight_name: str | None = None) -> tuple[dict
     if others:
         raise ValueError(f"{path}: only UNet LoRAs (keys starting with {PREFIX!r}, diffusers' layout) can be loaded; "
                          f"found {len(others)} other keys, first {others[:3]}")
+    _check_tensors(state, path)
     state = {key[len(PREFIX):]: value for key, value in state.items()}
-    stored = json.loads(metadata.get(METADATA_KEY, "{}"))
-    config = {key[len(PREFIX):]: value for key, value in stored.items() if key.startswith(PREFIX)}
+    config = _stored_config(metadata, path)
     return state, config | _config_from_keys(state, path, config)
+
+
+def _check_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """At least one tensor; each floating point (an integer tensor would be cast into garbage) and finite."""
+    if not state:
+        raise ValueError(f"{path}: holds no tensors, so no LoRA weights")
+    for key, value in sorted(state.items()):
+        if not value.is_floating_point():
+            raise ValueError(f"{path}: {key} is {str(value.dtype).removeprefix('torch.')}; LoRA weights must be "
+                             f"floating point")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{path}: {key} holds NaN or infinite values")
+
+
+def _stored_config(metadata: dict, path: Path) -> dict:
+    """The LoraConfig fields stored under `lora_adapter_metadata` (without their `unet.` prefix), checked."""
+    try:
+        stored = json.loads(metadata.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: metadata {METADATA_KEY} is not valid JSON") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: metadata {METADATA_KEY} must be a JSON object, got {type(stored).__name__}")
+    config = {key[len(PREFIX):]: value for key, value in stored.items() if key.startswith(PREFIX)}
+    try:
+        rank = check_int(f"metadata {PREFIX}r", config.get("r", 1), 1)
+        # The update is scaled by alpha / r: beyond 1000 it swamps the weights and overflows half precision.
+        check_real(f"metadata {PREFIX}lora_alpha", config.get("lora_alpha", rank), -1000 * rank, 1000 * rank)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    return config
 
 
 def _config_from_keys(state: dict[str, torch.Tensor], path: Path, stored: dict) -> dict:
@@ -147,6 +178,14 @@ def _config_from_keys(state: dict[str, torch.Tensor], path: Path, stored: dict) 
     if bad:
         raise ValueError(f"{path}: keys that are not LoRA A/B weights: {bad[:3]}")
     ranks = {key.split(".lora_A.")[0]: value.shape[0] for key, value in state.items() if ".lora_A." in key}
+    for key, value in sorted(state.items()):
+        module = key.split(".lora_")[0]
+        other = f"{module}.lora_A.weight" if ".lora_B." in key else f"{module}.lora_B.weight"
+        if other not in state:
+            raise ValueError(f"{path}: {PREFIX}{key} has no {PREFIX}{other} beside it")
+        if ".lora_B." in key and value.shape[1] != ranks[module]:
+            raise ValueError(f"{path}: {PREFIX}{key} has rank {value.shape[1]} but {PREFIX}{other} has rank "
+                             f"{ranks[module]}")
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
     return {"target_modules": sorted(ranks), "r": stored.get("r", rank),
             "lora_alpha": stored.get("lora_alpha", stored.get("r", rank)),
@@ -229,6 +268,7 @@ def set_adapters(unet: torch.nn.Module, adapter_names: str | list[str], adapter_
     if unknown or len(weights) != len(names):
         raise ValueError(f"set_adapters: unknown adapters {unknown} (loaded: {loaded})" if unknown else
                          f"set_adapters: {len(names)} adapter names but {len(weights)} weights")
+    weights = [check_real(f"adapter_weights[{i}]", weight) for i, weight in enumerate(weights)]
     for layer in lora_layers(unet):
         layer.set_adapter([name for name in names if name in layer.lora_A])
         for name, weight in zip(names, weights):
@@ -256,6 +296,7 @@ def fuse_lora(unet: torch.nn.Module, lora_scale: float = 1.0, adapter_names: lis
     """Add the active adapters' updates (times lora_scale) into the weights, so inference runs at the plain
     UNet's speed. The original weights are kept, so `unfuse_lora` restores them bit for bit (peft's own
     unmerge subtracts the update again, which is exact only up to rounding)."""
+    check_real("lora_scale", lora_scale)
     for layer in lora_layers(unet):
         names = [n for n in (adapter_names or layer.active_adapters) if n in layer.lora_A]
         if layer.merged or not names:

@@ -96,3 +96,76 @@ def test_save_pretrained_onto_a_full_disk_leaves_the_old_state(tmp_path, old_sav
     assert result.returncode == 1 and result.stderr.startswith(f"refused: cannot write {target}/"), result.stderr
     assert ".partial" not in result.stderr
     assert sorted((p.relative_to(tmp_path), p.stat().st_size) for p in tmp_path.rglob("*")) == before
+
+
+# ---- LoRA files ----
+
+LORA = ROOT / "weights" / "tiny-demo-lora-diagonal" / "pytorch_lora_weights.safetensors"
+A_KEY = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora_A.weight"
+B_KEY = A_KEY.replace("lora_A", "lora_B")
+
+
+def damaged_lora(tmp_path, change=None, metadata=None) -> Path:
+    """A copy of the diagonal LoRA with `change(state)` applied and `metadata` (a string) as its config JSON."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(LORA, framework="pt") as file:
+        state = {key: file.get_tensor(key) for key in file.keys()}
+        stored = file.metadata()
+    if change:
+        change(state)
+    if metadata is not None:
+        stored["lora_adapter_metadata"] = metadata
+    path = tmp_path / "lora.safetensors"
+    save_file(state, path, metadata=stored)
+    return path
+
+
+def _set(key, value):
+    return lambda state: state.__setitem__(key, value(state[key]))
+
+
+@pytest.mark.parametrize("change, metadata, message", [
+    (_set(A_KEY, lambda t: (t * 100).int()), None, f"{A_KEY} is int32; LoRA weights must be floating point"),
+    (_set(B_KEY, lambda t: t[:, :4].contiguous()), None, f"{B_KEY} has rank 4 but {A_KEY} has rank 8"),
+    (lambda state: state.pop(B_KEY), None, f"{A_KEY} has no {B_KEY} beside it"),
+    (_set(A_KEY, lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))), None, f"{A_KEY} holds NaN or infinite"),
+    (_set(B_KEY, lambda t: t.index_fill(0, torch.tensor([0]), float("inf"))), None, f"{B_KEY} holds NaN or infinite"),
+    (lambda state: state.clear(), None, "holds no tensors, so no LoRA weights"),
+    (None, "{not json", "metadata lora_adapter_metadata is not valid JSON"),
+    (None, "[1, 2]", "metadata lora_adapter_metadata must be a JSON object, got list"),
+    (None, '{"unet.r": 8, "unet.lora_alpha": 1e30}', "metadata unet.lora_alpha must be a number between -8000 and 8000"),
+    (None, '{"unet.r": 0}', "metadata unet.r must be at least 1, got 0"),
+])
+def test_bad_lora_files_are_named(pipe, tmp_path, change, metadata, message):
+    path = damaged_lora(tmp_path, change, metadata)
+    with pytest.raises(ValueError) as error:
+        pipe.load_lora_weights(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value), error.value
+    assert not hasattr(pipe.unet, "peft_config")
+
+
+@pytest.mark.parametrize("spec, message", [
+    (f"{LORA}:abc", f"--lora: the scale after {LORA}: must be a finite number, got 'abc'"),
+    (f"{LORA}:", f"--lora: the scale after {LORA}: must be a finite number, got ''"),
+    (f"{LORA}:nan", f"--lora: the scale after {LORA}: must be a finite number, got 'nan'"),
+    (f"{LORA}:inf", f"--lora: the scale after {LORA}: must be a finite number, got 'inf'"),
+])
+def test_lora_scale_on_the_command_line(capsys, tmp_path, spec, message):
+    code, line = cli(capsys, "generate", "--image", IMAGE, "--prompt", "a", *FAST, "--lora", spec,
+                     "--out", tmp_path / "v.gif")
+    assert code == 2 and line == f"i2vgen: error: {message}" and list(tmp_path.iterdir()) == []
+
+
+def test_lora_weights_and_scales_through_the_api(pipe):
+    name = pipe.load_lora_weights(LORA)
+    try:
+        with pytest.raises(ValueError, match=r"^adapter_weights\[0\] must be a finite number, got nan$"):
+            pipe.set_adapters([name], [float("nan")])
+        with pytest.raises(ValueError, match=r"^lora_scale must be a finite number, got inf$"):
+            pipe.fuse_lora(lora_scale=float("inf"))
+        with pytest.raises(ValueError, match=r"^cross_attention_kwargs\['scale'\] must be a finite number, got nan$"):
+            call(pipe, cross_attention_kwargs={"scale": float("nan")})
+    finally:
+        pipe.unload_lora_weights()

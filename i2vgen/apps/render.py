@@ -10,6 +10,7 @@ Field names are `i2vgen generate`'s long options without the dashes; errors name
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,16 +154,21 @@ def parse_scheduler(text: str) -> tuple[str, dict]:
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
-    """--lora PATH[:SCALE] -> (path, scale); the path must exist."""
-    path, _, scale = spec.rpartition(":")
-    try:
-        path, scale = (Path(path), float(scale)) if path else (Path(spec), 1.0)
-    except ValueError:
-        path, scale = Path(spec), 1.0
-    if not path.exists():
+    """--lora PATH[:SCALE] -> (path, scale); the path must exist (one whose own name holds a colon is taken
+    whole) and the scale be a finite number."""
+    path, colon, scale = spec.rpartition(":")
+    if not colon or Path(spec).exists():
+        path, scale = spec, "1.0"
+    if not Path(path).exists():
         raise UsageError(f"--lora: {path} does not exist (give a LoRA .safetensors file or its folder, then "
                          f"optionally :SCALE)")
-    return path, scale
+    try:
+        value = float(scale)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"--lora: the scale after {path}: must be a finite number, got {scale!r}")
+    return Path(path), value
 
 
 def read_image(path: str):
