@@ -26,6 +26,9 @@ import torch.distributed as dist
 # job list can be far beyond torch's 30-minute default; a process that dies is noticed sooner (gloo: its
 # sockets close; torchrun: the agent stops the other processes).
 WAIT_TIMEOUT = datetime.timedelta(hours=12)
+# How long a process waits for the others to join: torchrun starts them together, so a process still alone
+# after this was started without them (WORLD_SIZE left in the environment of a single process).
+JOIN_TIMEOUT = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,24 @@ def process_group(device: str | None = None):
         yield launch
         return
     backend = "nccl" if launch.device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=WAIT_TIMEOUT)
+    _join(backend, launch)
     try:
         yield launch
     finally:
         dist.destroy_process_group()
+
+
+def _join(backend: str, launch: Launch) -> None:
+    """init_process_group, waiting at most JOIN_TIMEOUT for the other processes to join (the store's timeout
+    bounds the rendezvous; the group's own, WAIT_TIMEOUT, bounds the collectives after it)."""
+    try:
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=WAIT_TIMEOUT)
+    except (RuntimeError, dist.DistError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RuntimeError(f"WORLD_SIZE is {launch.world_size}, but the other processes did not join within "
+                           f"{JOIN_TIMEOUT.total_seconds():g} s ({first[:200]}); start the run with torchrun, or "
+                           f"unset WORLD_SIZE for a single process") from None
 
 
 def shard(items: list, shares: int, index: int) -> list:

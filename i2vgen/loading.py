@@ -212,6 +212,9 @@ def check_folder(folder: Path) -> None:
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             path = check_inside(folder, Path(root, name))
+            if name in files and not path.is_file():  # reading a FIFO would wait forever
+                raise ValueError(f"{path} is not a regular file (a pipe, socket or device); model files must be "
+                                 f"regular files")
             if name.endswith(".json") and ".index." in name:
                 shard_paths(path)
             elif name.endswith(".safetensors"):

@@ -169,3 +169,53 @@ def test_lora_weights_and_scales_through_the_api(pipe):
             call(pipe, cross_attention_kwargs={"scale": float("nan")})
     finally:
         pipe.unload_lora_weights()
+
+
+# ---- endless waits ----
+
+def test_image_that_is_a_fifo_is_refused(capsys, tmp_path):
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    code, line = cli(capsys, "generate", "--image", fifo, "--prompt", "a", *FAST, "--out", tmp_path / "v.gif")
+    assert (code, line) == (2, f"i2vgen: error: --image: {fifo} is not a regular file; give an image file")
+
+
+def test_weights_file_that_is_a_fifo_is_refused(capsys, tmp_path):
+    import shutil
+
+    model = Path(shutil.copytree(TINY, tmp_path / "model"))
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)
+    code, line = cli(capsys, "generate", "--model", model, "--image", IMAGE, "--prompt", "a", *FAST,
+                     "--out", tmp_path / "v.gif")
+    assert code == 1 and line == (f"i2vgen: error: {weights} is not a regular file (a pipe, socket or device); "
+                                  f"model files must be regular files")
+
+
+JOIN_ALONE = textwrap.dedent("""
+    import datetime, sys
+    from i2vgen import distributed
+    distributed.JOIN_TIMEOUT = datetime.timedelta(seconds=2)  # 5 minutes in earnest
+    from i2vgen.apps.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_world_size_left_in_a_single_process_environment_times_out(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(IMAGE), "prompt": "a", "out": "v.gif"}) + "\n")
+    result = subprocess.run([sys.executable, "-c", JOIN_ALONE, "generate", "--jobs", jobs, "--out-dir",
+                             tmp_path / "videos", *FAST], capture_output=True, text=True, timeout=120, env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith(
+        "i2vgen: error: WORLD_SIZE is 2, but the other processes did not join within 2 s ("), last
+    assert last.endswith("start the run with torchrun, or unset WORLD_SIZE for a single process")
+    assert not (tmp_path / "videos" / "v.gif").exists()

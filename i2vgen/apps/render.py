@@ -177,6 +177,8 @@ def read_image(path: str):
 
     from i2vgen.preprocess import normalize_image
 
+    if Path(path).exists() and not Path(path).is_file():  # a folder, or a FIFO whose reading would wait forever
+        raise UsageError(f"--image: {path} is not a regular file; give an image file")
     try:
         with PIL.Image.open(path) as image:
             return normalize_image(image)
