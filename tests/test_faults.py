@@ -219,3 +219,20 @@ def test_world_size_left_in_a_single_process_environment_times_out(tmp_path):
         "i2vgen: error: WORLD_SIZE is 2, but the other processes did not join within 2 s ("), last
     assert last.endswith("start the run with torchrun, or unset WORLD_SIZE for a single process")
     assert not (tmp_path / "videos" / "v.gif").exists()
+
+
+# ---- job files ----
+
+def test_job_file_types_nul_bytes_and_no_empty_failures_file(capsys, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    out = tmp_path / "videos"
+    good = {"image": str(IMAGE), "prompt": "a", "out": "good.gif"}
+    jobs.write_text("".join(json.dumps(job) + "\n" for job in
+                            [good | {"steps": True, "out": "a.gif"}, good | {"out": "b\0.gif"}, good]))
+    assert main(["generate", "--jobs", str(jobs), "--out-dir", str(out), *FAST]) == 1
+    reasons = [json.loads(line)["reason"] for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert reasons == ["argument --steps: invalid int value: true", '"out" holds a NUL character']
+    assert (out / "good.gif").is_file()
+    jobs.write_text(json.dumps(good | {"out": "other.gif"}) + "\n")  # a clean run: no failures file, not even empty
+    assert main(["generate", "--jobs", str(jobs), "--out-dir", str(out), *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["good.gif", "other.gif"]

@@ -59,7 +59,7 @@ def job_value(key: str, value):
             return True
         raise UsageError(f"argument {option}: ignored explicit argument {str(value)!r}")
     if value is True:
-        raise UsageError(f"argument {option}: expected one argument")
+        raise UsageError(f"argument {option}: invalid {kind.__name__} value: true")
     try:
         return kind(str(value))  # as the command line's parser reads `--key=value`
     except ValueError:
@@ -78,6 +78,8 @@ def job_request(spec: dict, defaults: VideoRequest, out_dir: Path) -> VideoReque
             raise UsageError(f'unknown key "{key}" (the keys are generate\'s long options without the dashes)')
         if not (value is None or isinstance(value, (bool, str, int, float))):
             raise UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
+        if isinstance(value, str) and "\0" in value:  # no file name or prompt holds one
+            raise UsageError(f'"{key}" holds a NUL character')
     if spec.get("out") is None:
         raise UsageError('no "out": each job names its video, a path relative to --out-dir')
     values = {key.replace("-", "_"): value for key, value in spec.items() if value is not None and value is not False}
@@ -167,7 +169,11 @@ def render_share(pipe, jobs: list[Job], share: list, seeds: dict, exchange, laun
 
 
 def write_failures(path: Path, failures: list[dict]):
-    """Replace `path` with one JSON line per failed job (empty when none failed), atomically."""
+    """Replace `path` with one JSON line per failed job, atomically; when none failed, remove it (a previous
+    run's)."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
     with _atomic_path(path) as tmp:
         Path(tmp).write_text("".join(json.dumps(failure) + "\n" for failure in failures), encoding="utf-8")
 
