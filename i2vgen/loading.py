@@ -162,6 +162,8 @@ def read_config(folder, filename: str = "config.json") -> dict:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder (from_pretrained reads local diffusers-layout folders)")
     path = folder / filename
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a folder, pipe or device); it must be a JSON file")
     if not path.is_file():
         present = sorted(p.name for p in folder.iterdir())
         raise FileNotFoundError(f"{folder} has no {filename}; it holds {present}")

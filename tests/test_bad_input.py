@@ -293,8 +293,8 @@ def test_fps_out_of_range(capsys, out_dir):
 def test_1000_steps_with_leading_spacing(capsys, out_dir):
     """The released scheduler (leading spacing, steps_offset 1) would start at t = 1000 (the reference raises an
     IndexError in step()); 999 steps is its maximum."""
-    line = refused(capsys, out_dir, "--steps", "1000")
-    assert line == ("i2vgen: error: num_inference_steps=1000 with leading spacing and steps_offset 1 would start "
+    line = refused(capsys, out_dir, "--steps", "1000", code=2)
+    assert line == ("i2vgen: error: --steps 1000 with leading spacing and steps_offset 1 would start "
                     "at timestep 1000, past the last train step 999; use at most 999 steps")
     scheduler = DDIMScheduler.from_pretrained(TINY, subfolder="scheduler")
     scheduler.set_timesteps(999)

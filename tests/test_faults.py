@@ -236,3 +236,53 @@ def test_job_file_types_nul_bytes_and_no_empty_failures_file(capsys, tmp_path):
     jobs.write_text(json.dumps(good | {"out": "other.gif"}) + "\n")  # a clean run: no failures file, not even empty
     assert main(["generate", "--jobs", str(jobs), "--out-dir", str(out), *FAST]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["good.gif", "other.gif"]
+
+
+# ---- the sampler's options, before loading ----
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "1000"], "--steps 1000 with leading spacing and steps_offset 1 would start at timestep 1000, past "
+                          "the last train step 999; use at most 999 steps"),
+    (["--scheduler", "ddim:steps_offset=-5"], "--scheduler ddim: steps_offset must be between 0 and 999, got -5"),
+])
+def test_sampler_options_are_named_before_loading(capsys, tmp_path, monkeypatch, args, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("i2vgen.apps.cli.load_pipeline", no_loading)
+    code, line = cli(capsys, "generate", "--image", IMAGE, "--prompt", "a", *FAST, *args, "--out", tmp_path / "v.gif")
+    assert (code, line) == (2, f"i2vgen: error: {message}") and list(tmp_path.iterdir()) == []
+
+
+# ---- model configs ----
+
+@pytest.mark.parametrize("key, value, message", [
+    ("block_out_channels", [-8, 16], "block_out_channels must be positive integers, got (-8, 16)"),
+    ("attention_head_dim", 0, "attention_head_dim must be one int dividing every block_out_channels"),
+])
+def test_unet_config_values_name_the_file(tmp_path, key, value, message):
+    import shutil
+
+    from i2vgen import I2VGenXLUNet
+
+    folder = Path(shutil.copytree(TINY / "unet", tmp_path / "unet"))
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    if key == "block_out_channels":
+        config["down_block_types"], config["up_block_types"] = config["down_block_types"][:2], config["up_block_types"][:2]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as error:
+        I2VGenXLUNet.from_pretrained(folder)
+    assert str(error.value).startswith(f"{folder / 'config.json'}: {message}"), error.value
+
+
+def test_config_json_that_is_a_folder(tmp_path):
+    import shutil
+
+    from i2vgen import I2VGenXLUNet
+
+    folder = Path(shutil.copytree(TINY / "unet", tmp_path / "unet"))
+    (folder / "config.json").unlink()
+    (folder / "config.json").mkdir()
+    with pytest.raises(ValueError, match=f"^{folder / 'config.json'} is not a regular file .*it must be a JSON file$"):
+        I2VGenXLUNet.from_pretrained(folder)

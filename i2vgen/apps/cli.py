@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from i2vgen.apps.render import (DTYPES, ModelOptions, UsageError, VideoRequest, load_pipeline, read_image, render,
-                                save_video)
+from i2vgen.apps.render import (DTYPES, ModelOptions, UsageError, VideoRequest, check_sampler, load_pipeline,
+                                read_image, render, save_video)
 
 def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser = parser_class(prog="i2vgen", description="I2VGen-XL image-to-video generation.")
@@ -94,6 +94,7 @@ def generate(args) -> Path:
     options, request = model_options(args), video_request(args)
     request.check()
     options.check()
+    check_sampler(options, request)
     image = read_image(request.image)
     seed = request.seed if request.seed is not None else random.randrange(2**31)
     if args.cfg_parallel:

@@ -223,6 +223,33 @@ def load_pipeline(options: ModelOptions, device=None, verbose: bool = True):
     return pipe
 
 
+def build_sampler(released, request: VideoRequest):
+    """(the sampler the request asks for, built from the model's own scheduler; its step count), with its
+    timesteps placed once, so that a bad --scheduler option or --steps is named as the command line spells it."""
+    from i2vgen.schedulers import by_name
+
+    name, options, steps = request.sampler()
+    try:
+        scheduler = by_name(name, released.config, **options)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--scheduler {name}: {error}") from None
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError as error:
+        raise UsageError(str(error).replace('num_inference_steps=', '--steps ')) from None
+    return scheduler, steps
+
+
+def check_sampler(options: ModelOptions, request: VideoRequest) -> None:
+    """build_sampler before any weights load, when the model is a local folder (a hub model is checked once
+    fetched)."""
+    from i2vgen.schedulers import load_scheduler
+
+    folder = Path(resolve_model(options.model)) / "scheduler"
+    if folder.is_dir():
+        build_sampler(load_scheduler(folder), request)
+
+
 def render(pipe, request: VideoRequest, image, seed: int, output_type: str = "np", callback_on_step_end=None,
            verbose: bool = False):
     """One video's frames (F, H, W, 3). The seed seeds torch's global RNG too (the first frame's latent is drawn
@@ -230,13 +257,10 @@ def render(pipe, request: VideoRequest, image, seed: int, output_type: str = "np
     (the web app's progress bar and Stop button)."""
     import torch
 
-    from i2vgen.schedulers import by_name
-
     height, width = request.height or pipe.default_size[0], request.width or pipe.default_size[1]
     check_memory(pipe, request, height, width, verbose)
-    name, options, steps = request.sampler()
     released = pipe.scheduler  # the model's own; each video builds its sampler from its config
-    pipe.scheduler = by_name(name, released.config, **options)
+    pipe.scheduler, steps = build_sampler(released, request)
     try:
         return pipe(
             prompt=request.prompt, image=image, height=height, width=width, target_fps=request.fps,

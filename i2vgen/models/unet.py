@@ -62,8 +62,10 @@ class I2VGenXLUNetConfig(Config):
                                   *((t, UP_BLOCKS) for t in self.up_block_types)]:
             if block_type not in kinds:
                 raise ValueError(f"unknown block type {block_type!r}; expected one of {sorted(kinds)}")
+        if not all(isinstance(c, int) and c >= 1 for c in channels):
+            raise ValueError(f"block_out_channels must be positive integers, got {channels}")
         head_dim = self.attention_head_dim
-        if not (isinstance(head_dim, int) and all(c % head_dim == 0 for c in channels)):
+        if not (isinstance(head_dim, int) and head_dim >= 1 and all(c % head_dim == 0 for c in channels)):
             raise ValueError(f"attention_head_dim must be one int dividing every block_out_channels {channels}; "
                              f"got {head_dim}")
 

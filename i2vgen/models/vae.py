@@ -48,6 +48,8 @@ class AutoencoderKLConfig(Config):
 
     def __post_init__(self):
         levels = len(self.block_out_channels)
+        if not all(isinstance(c, int) and c >= 1 for c in self.block_out_channels):
+            raise ValueError(f"block_out_channels must be positive integers, got {tuple(self.block_out_channels)}")
         if self.act_fn != "silu":
             raise ValueError(f"only act_fn='silu' is implemented, got {self.act_fn!r}")
         if tuple(self.down_block_types) != ("DownEncoderBlock2D",) * levels:

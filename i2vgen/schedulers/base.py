@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from i2vgen.checks import check_int
 from i2vgen.loading import Config, _listify, _tuplify, read_config, write_config
 from i2vgen.outputs import BaseOutput
 from i2vgen.schedulers.schedule import first_step_index
@@ -97,6 +98,7 @@ def check_config(c) -> None:
     check_choice("prediction_type", c.prediction_type, PREDICTION_TYPES)
     if not (isinstance(c.num_train_timesteps, int) and c.num_train_timesteps >= 2):
         raise ValueError(f"num_train_timesteps must be an integer >= 2, got {c.num_train_timesteps!r}")
+    check_int("steps_offset", c.steps_offset, 0, c.num_train_timesteps - 1)
     check_betas(c)
     for key, off in OFF_ONLY.items():
         if getattr(c, key, off) != off:
