@@ -235,6 +235,9 @@ def write_config(folder, class_name: str, config: dict, filename: str = "config.
 
 def local_folder(path_or_hub_id, variant: str | None) -> Path:
     """A local folder as is; otherwise a hub snapshot (from the cache when offline)."""
+    if not isinstance(path_or_hub_id, (str, os.PathLike)):
+        raise TypeError(f"pretrained_model_name_or_path must be a folder or a hub id (owner/name), got "
+                        f"{path_or_hub_id!r}")
     if Path(path_or_hub_id).is_dir():
         return Path(path_or_hub_id)
     name = str(path_or_hub_id)

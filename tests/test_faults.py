@@ -286,3 +286,67 @@ def test_config_json_that_is_a_folder(tmp_path):
     (folder / "config.json").mkdir()
     with pytest.raises(ValueError, match=f"^{folder / 'config.json'} is not a regular file .*it must be a JSON file$"):
         I2VGenXLUNet.from_pretrained(folder)
+
+
+# ---- the API's types ----
+
+def _recorder():
+    seen = []
+    return seen, lambda pipe, i, t, kwargs: seen.append(kwargs["latents"].clone()) or None
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(prompt=None, prompt_embeds=torch.zeros(16, 32)), ValueError,
+     "prompt_embeds must be (prompts, tokens, 32) as the text encoder makes them, got shape (16, 32)"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 1, 16, 32)), ValueError,
+     "prompt_embeds must be (prompts, tokens, 32) as the text encoder makes them, got shape (1, 1, 16, 32)"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 7)), ValueError,
+     "prompt_embeds must be (prompts, tokens, 32) as the text encoder makes them, got shape (1, 16, 7)"),
+    (dict(prompt=None, prompt_embeds=[[0.0]]), TypeError, "prompt_embeds must be a torch.Tensor, got list"),
+    (dict(prompt=None, prompt_embeds=torch.full((1, 16, 32), float("nan"))), ValueError,
+     "prompt_embeds holds NaN or infinite values"),
+    (dict(latents=np.zeros((1, 4, 2, 4, 4), np.float32)), TypeError, "latents must be a torch.Tensor, got ndarray"),
+    (dict(latents=[0.0]), TypeError, "latents must be a torch.Tensor, got list"),
+    (dict(latents=torch.full((1, 4, 2, 4, 4), float("inf"))), ValueError, "latents holds NaN or infinite values"),
+    (dict(generator=5), TypeError, "generator must be a torch.Generator or a list of them, got 5"),
+    (dict(generator="seed"), TypeError, "generator must be a torch.Generator or a list of them, got 'seed'"),
+    (dict(callback_on_step_end=3), TypeError, "callback_on_step_end must be a function, got 3"),
+    (dict(callback_on_step_end=lambda pipe, i, t, kw: kw["latents"]), TypeError,
+     "callback_on_step_end must return None or a dict such as {'latents': latents}, got Tensor"),
+    (dict(image=PIL.Image.new("RGB", (0, 0))), ValueError, "image has size 0x0; it must be at least 1x1 pixel"),
+])
+def test_api_types_are_named(pipe, kwargs, error, message):
+    with pytest.raises(error) as raised:
+        call(pipe, **kwargs)
+    assert str(raised.value) == message
+
+
+def seeded_call(pipe, **kwargs):
+    torch.manual_seed(0)  # the first frame's latents come from the global RNG
+    return call(pipe, **kwargs)
+
+
+def test_float64_latents_are_used_as_float32(pipe):
+    latents = torch.randn(1, 4, 2, 4, 4, generator=torch.manual_seed(0))
+    assert np.array_equal(seeded_call(pipe, latents=latents.double()), seeded_call(pipe, latents=latents))
+
+
+def test_eta_with_one_generator_per_video(pipe):
+    """Valid input the reference fails on: each video's DDIM noise comes from its own generator, so the first
+    video is the one made alone with its generator."""
+    both = seeded_call(pipe, eta=0.5, num_inference_steps=2, num_videos_per_prompt=2,
+                       generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    alone = seeded_call(pipe, eta=0.5, num_inference_steps=2, generator=[torch.Generator().manual_seed(1)])
+    # The first video (the second takes the image's second VAE posterior sample, from the global RNG); batch 2
+    # against batch 1 changes only float32 summation order (conftest.SCHEDULING_ATOL's note: up to 2e-5).
+    assert np.abs(both[0] - alone[0]).max() < 2e-5 and np.abs(both[0] - both[1]).max() > 0.01
+
+
+def test_meta_device_none_model_and_freeu_values(pipe):
+    with pytest.raises(ValueError, match="^device 'meta' holds no data"):
+        pipe.to("meta")
+    assert pipe.device.type == "cpu"
+    with pytest.raises(TypeError, match="^pretrained_model_name_or_path must be a folder or a hub id"):
+        I2VGenXLPipeline.from_pretrained(None)
+    with pytest.raises(ValueError, match="^b1 must be a finite number, got nan$"):
+        pipe.enable_freeu(s1=0.9, s2=0.2, b1=float("nan"), b2=1.4)

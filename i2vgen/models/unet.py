@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from einops import rearrange, repeat
 from torch import nn
 
+from i2vgen.checks import check_real
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
@@ -241,6 +242,8 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
     def enable_freeu(self, s1: float, s2: float, b1: float, b2: float):
         """FreeU (Si et al. 2023, models/freeu.py) in up blocks 0 and 1: half the backbone channels x b1 / b2,
         the skips' low frequencies x s1 / s2. Values used for this model: s1=0.9, s2=0.2, b1=1.2, b2=1.4."""
+        for name, value in (("s1", s1), ("s2", s2), ("b1", b1), ("b2", b2)):
+            check_real(name, value)
         for block in self.up_blocks:
             block.s1, block.s2, block.b1, block.b2 = s1, s2, b1, b2
 

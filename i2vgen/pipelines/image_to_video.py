@@ -28,14 +28,16 @@ from einops import rearrange
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from i2vgen.checks import check_device
 from i2vgen.loading import (COMPONENTS, check_model_index, check_variant, component_dtype, component_variants,
                             local_folder, save_components)
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
 from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text, load_clip_components
-from i2vgen.pipelines.inputs import (batch_size, check_call, check_call_numbers, check_cross_attention_kwargs,
-                                     check_finite_latents)
+from i2vgen.pipelines.inputs import (batch_size, check_call, check_call_numbers, check_callback_result,
+                                     check_cross_attention_kwargs, check_finite_latents, check_image_sizes,
+                                     check_tensors)
 from i2vgen.pipelines.offload import OffloadMixin
 from i2vgen.outputs import BaseOutput
 from i2vgen.preprocess import clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
@@ -115,6 +117,8 @@ class ImageToVideoPipeline(OffloadMixin):
         """Move (and/or cast) every model; `pipe.to("cuda")`, `pipe.to(torch.float16)` and both work."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
+        if device is not None:
+            check_device(device)  # not meta (no values to compute with), nor an accelerator that is not there
         for model in self.models:
             model.to(device=device, dtype=dtype)
         return self
@@ -286,7 +290,12 @@ class ImageToVideoPipeline(OffloadMixin):
         latents = rearrange(latents, "b c f h w -> (b f) c h w")
         kwargs = {"eta": eta} if eta else {}
         if eta > 0 or getattr(self.scheduler, "stochastic", False):
-            kwargs["variance_noise"] = randn_tensor(pred.shape, generator, pred.device, pred.dtype)
+            if isinstance(generator, list):  # one per video, each drawing its video's frames (the reference fails)
+                noise = randn_tensor((batch, pred.shape[0] // batch, *pred.shape[1:]), generator, pred.device,
+                                     pred.dtype)
+                kwargs["variance_noise"] = rearrange(noise, "b f c h w -> (b f) c h w")
+            else:
+                kwargs["variance_noise"] = randn_tensor(pred.shape, generator, pred.device, pred.dtype)
         latents = self.scheduler.step(pred, t, latents, **kwargs).prev_sample
         return rearrange(latents, "(b f) c h w -> b c f h w", b=batch)
 
@@ -296,7 +305,7 @@ class ImageToVideoPipeline(OffloadMixin):
             pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
             latents = self._step(pred, t, latents, eta, generator)
             if callback_on_step_end is not None:
-                result = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                result = check_callback_result(callback_on_step_end(self, i, t, {"latents": latents}))
                 latents = result.get("latents", latents)
                 if result.get("stop"):
                     break
@@ -338,6 +347,8 @@ class ImageToVideoPipeline(OffloadMixin):
                    prompt_embeds, negative_prompt_embeds, output_type, eta)
         check_call_numbers(self.text_encoder.config.num_hidden_layers, target_fps, guidance_scale, eta,
                            num_videos_per_prompt, decode_chunk_size, clip_skip)
+        check_tensors(prompt_embeds, negative_prompt_embeds, latents, generator, callback_on_step_end,
+                      self.text_encoder.config.hidden_size)
         lora_scale = check_cross_attention_kwargs(cross_attention_kwargs)
         self._guidance_scale = guidance_scale  # the last call's (the reference's guidance_scale property reads it)
         self.scheduler.set_timesteps(num_inference_steps, device=self.execution_device)  # checks the step count too
@@ -346,6 +357,7 @@ class ImageToVideoPipeline(OffloadMixin):
         self.scheduler.set_begin_index(0)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         images = to_pil_images(image)
+        check_image_sizes(images)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         batch = batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
 
@@ -386,7 +398,7 @@ class ImageToVideoPipeline(OffloadMixin):
             latents = randn_tensor(shape, generator, device, dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        return latents.to(device) * self.scheduler.init_noise_sigma
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma  # float64 given: cast
 
     def _lora_scale(self, scale: float | None):
         """The call's LoRA scale (cross_attention_kwargs): the core pipeline holds no adapters, so nothing to

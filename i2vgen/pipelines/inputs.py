@@ -57,6 +57,54 @@ def check_inputs(prompt, image, height, width, negative_prompt=None, prompt_embe
                          f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
 
 
+def check_tensors(prompt_embeds, negative_prompt_embeds, latents, generator, callback_on_step_end,
+                  text_width: int) -> None:
+    """The call's tensors and objects given in place of what it would make: their types, ranks, widths and
+    values (a NaN in them would only show as the NaN check's message after the whole sampling)."""
+    for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+        if embeds is None:
+            continue
+        check_tensor(name, embeds)
+        if embeds.ndim != 3 or embeds.shape[-1] != text_width:
+            raise ValueError(f"{name} must be (prompts, tokens, {text_width}) as the text encoder makes them, got "
+                             f"shape {tuple(embeds.shape)}")
+    if latents is not None:
+        check_tensor("latents", latents)
+    generators = generator if isinstance(generator, list) else [generator]
+    if not all(isinstance(g, torch.Generator) for g in generators) and generator is not None:
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise TypeError(f"callback_on_step_end must be a function, got {callback_on_step_end!r}")
+
+
+def check_tensor(name: str, value) -> None:
+    """A floating-point torch tensor of finite values."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must hold floating-point values, got {value.dtype}")
+    if not value.is_meta and not torch.isfinite(value).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+
+
+def check_image_sizes(images) -> None:
+    for image in images:
+        if min(image.size) < 1:
+            raise ValueError(f"image has size {image.size[0]}x{image.size[1]}; it must be at least 1x1 pixel")
+
+
+def check_callback_result(result) -> dict:
+    """callback_on_step_end's return value: None or a dict ({"latents": ..., "stop": ...})."""
+    if result is None:
+        return {}
+    if not isinstance(result, dict):
+        raise TypeError(f"callback_on_step_end must return None or a dict such as {{'latents': latents}}, got "
+                        f"{type(result).__name__}")
+    if "latents" in result:
+        check_tensor("the latents callback_on_step_end returned", result["latents"])
+    return result
+
+
 def check_cross_attention_kwargs(cross_attention_kwargs) -> float | None:
     """The LoRA scale in cross_attention_kwargs={"scale": s} (None without one); any other key is an error."""
     if cross_attention_kwargs is None:
