@@ -255,9 +255,10 @@ def local_folder(path_or_hub_id, variant: str | None) -> Path:
         return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.txt", weights],
                                       ignore_patterns=ignore))
     except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]  # the hub's errors add lines of advice
         raise FileNotFoundError(
             f"{path_or_hub_id} is not a local folder and could not be fetched from the hub or its local cache "
-            f"({type(error).__name__}: {error})"
+            f"({type(error).__name__}: {first.strip()})"
         ) from None
 
 

@@ -104,7 +104,7 @@ def test_missing_and_unreadable_images(app, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["ddim", "unipc"])
 def test_the_shown_command_makes_the_same_video(app, tmp_path, sampler):
-    path, seed, command = app.generate(upload(RED_CIRCLE), PROMPT, "blurry", {**FAST, "frames": 3}, seed=None,
+    path, seed, command, _ = app.generate(upload(RED_CIRCLE), PROMPT, "blurry", {**FAST, "frames": 3}, seed=None,
                                        sampler=sampler)
     args = shlex.split(command)
     assert args[:2] == ["i2vgen", "generate"] and args[args.index("--seed") + 1] == str(seed)
@@ -150,6 +150,45 @@ def test_one_request_at_a_time(app):
         thread.join(timeout=120)
     assert sorted(order) == ["a"] * 4 + ["b"] * 4  # "encoding" and 3 steps each
     assert order in (sorted(order), sorted(order, reverse=True))  # one after the other, never interleaved
+
+
+def test_upload_that_is_not_an_image_is_taken_off_at_once(app, tmp_path):
+    bad = tmp_path / "upload7" / "notes.txt.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an image")
+    image, message = app.check_upload({"path": str(bad), "orig_name": "notes.txt.png"})
+    assert image is None and message.startswith("**Not an image:** cannot read image notes.txt.png: ")
+    assert "upload7" not in message
+    image, message = app.check_upload(upload(RED_CIRCLE))
+    assert message == "" and image is not None  # gr.skip(): the image stays
+
+
+def test_long_prompt_truncation_is_a_note_on_the_page(app):
+    *_, notes = app.generate(upload(RED_CIRCLE), PROMPT + " and on" * 20, "", FAST, 0)
+    assert notes == ["a prompt is longer than CLIP's 16 tokens and was truncated"]
+    assert app.generate(upload(RED_CIRCLE), PROMPT, "", FAST, 0)[3] == []
+
+
+def test_bad_port_is_refused_before_loading(capsys, monkeypatch):
+    monkeypatch.setattr("i2vgen.apps.web.AppModel", None)  # loading would fail: it must not be reached
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app", "--port", "99999"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "i2vgen app: error: argument --port: must be a whole number from 1 to 65535, got '99999'")
+
+
+def test_stop_says_so_and_examples_fit_the_demo(app):
+    import gradio as gr
+
+    from i2vgen.apps.web import build_page
+
+    page = build_page(app)
+    stop = next(fn for fn in page.fns.values() if fn.name == "stop")
+    assert stop.fn(gr.Request(session_hash="s")) == (
+        None, "**Stopped.** No video was made; press Generate to start again.")  # the video cleared
+    examples = [block for block in page.blocks.values() if isinstance(block, gr.Dataset)]
+    assert [row[1] for row in examples[0].samples] == [PROMPT]  # no cloud landscapes for the shapes demo
 
 
 def test_app_subcommand_help(capsys):

@@ -85,7 +85,7 @@ def test_bad_scheduler_arguments(capsys, args, message):
 
 def test_bad_scheduler_option_value_is_one_line(tmp_path, capsys):
     code, line = error_of(capsys, "--scheduler", "dpm++:solver_order=5", "--out", str(tmp_path / "v.gif"))
-    assert code == 1 and line == "i2vgen: error: unknown solver_order 5; choose one of (1, 2, 3)"
+    assert code == 2 and line == "i2vgen: error: --scheduler dpm++: unknown solver_order 5; choose one of (1, 2, 3)"
 
 
 def test_missing_model_folder(tmp_path, capsys):

@@ -251,10 +251,23 @@ def check_sampler(options: ModelOptions, request: VideoRequest) -> None:
 
 
 def render(pipe, request: VideoRequest, image, seed: int, output_type: str = "np", callback_on_step_end=None,
-           verbose: bool = False):
+           verbose: bool = False, notify=None):
     """One video's frames (F, H, W, 3). The seed seeds torch's global RNG too (the first frame's latent is drawn
     from it), so the frames depend on the request and the seed alone. callback_on_step_end goes to the pipeline
-    (the web app's progress bar and Stop button)."""
+    (the web app's progress bar and Stop button). The pipeline's warnings (a prompt truncated to CLIP's length)
+    go to `notify` (one line each), else with `verbose` to stderr as one "i2vgen: note:" line each."""
+    import warnings
+
+    if notify is None and verbose:
+        notify = lambda note: print(f"i2vgen: note: {note}", file=sys.stderr)  # noqa: E731
+    with warnings.catch_warnings(record=notify is not None) as caught:
+        frames = _render(pipe, request, image, seed, output_type, callback_on_step_end, verbose)
+    for warning in caught or []:
+        notify(str(warning.message))
+    return frames
+
+
+def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback_on_step_end, verbose: bool):
     import torch
 
     height, width = request.height or pipe.default_size[0], request.width or pipe.default_size[1]

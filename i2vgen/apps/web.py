@@ -94,6 +94,20 @@ class AppModel:
         """Stop this session's running or waiting request at its next denoising step."""
         self._stopped_at[session] = time.monotonic()
 
+    def check_upload(self, image: dict | None):
+        """On upload ({"path", "orig_name"}): a file that is not an image is taken off the page at once, with a
+        one-line reason; an image stays as it is."""
+        import gradio as gr
+
+        if not image or not image.get("path"):
+            return gr.skip(), ""
+        try:
+            read_image(image["path"])
+        except UsageError as error:
+            name = image.get("orig_name") or Path(image["path"]).name
+            return None, f"**Not an image:** {str(error).replace(image['path'], name)}"
+        return gr.skip(), ""
+
     def check(self, name: str, value) -> float:
         """`value` for setting `name`, or UsageError with the allowed range."""
         s = self.settings[name]
@@ -109,7 +123,8 @@ class AppModel:
     def generate(self, image: dict | None, prompt: str, negative_prompt: str, settings: dict,
                  seed: float | None = None, sampler: str = "ddim", session: str = "", progress=None):
         """Make one video. `image` is the uploaded file ({"path", "orig_name"}), `settings` the values of
-        `self.settings`, seed None or -1 for a random one. Returns (mp4 path, seed, equivalent command)."""
+        `self.settings`, seed None or -1 for a random one. Returns (mp4 path, seed, equivalent command, notes: one
+        line each, e.g. the prompt was truncated)."""
         requested = time.monotonic()
         if not image or not image.get("path"):
             raise UsageError("Add a first frame: upload an image (or pick an example below the button).")
@@ -144,9 +159,10 @@ class AppModel:
                 raise Stopped()
             if progress is not None:
                 progress(0, desc="Encoding the image and the prompt")
-            frames = render(self.pipe, video, pil_image, seed, callback_on_step_end=on_step_end)
+            notes = []
+            frames = render(self.pipe, video, pil_image, seed, callback_on_step_end=on_step_end, notify=notes.append)
         save_video(frames, video)
-        return video.out, seed, self.command(name, video, seed)
+        return video.out, seed, self.command(name, video, seed), notes
 
     def command(self, image_name: str, video: VideoRequest, seed: int) -> str:
         """The `i2vgen generate` command that makes the same video."""
@@ -171,7 +187,7 @@ def _generate_handler(app: AppModel):
             request: gr.Request, progress=gr.Progress()):
         settings = dict(frames=frames, fps=fps, steps=steps, guidance=guidance, height=height, width=width)
         try:
-            path, seed, command = app.generate(image, prompt or "", negative_prompt or "", settings, seed,
+            path, seed, command, notes = app.generate(image, prompt or "", negative_prompt or "", settings, seed,
                                                sampler, request.session_hash, progress)
         except UsageError as error:
             raise gr.Error(str(error), duration=None, print_exception=False) from None
@@ -182,7 +198,8 @@ def _generate_handler(app: AppModel):
             message = str(error).splitlines()[0] if str(error) else ""
             raise gr.Error(f"Generation failed: {type(error).__name__}: {message}", duration=None,
                            print_exception=False) from None
-        info = (f"Seed **{seed}**. The same video from the command line (with your image file):\n\n"
+        info = "".join(f"**Note:** {note}.\n\n" for note in notes)
+        info += (f"Seed **{seed}**. The same video from the command line (with your image file):\n\n"
                 f"```bash\n{command}\n```")
         return str(path), info
 
@@ -198,6 +215,10 @@ def build_page(app: AppModel):
     run = _generate_handler(app)
 
     def stop(request: gr.Request):
+        app.stop(request.session_hash)
+        return None, "**Stopped.** No video was made; press Generate to start again."
+
+    def leave(request: gr.Request):
         app.stop(request.session_hash)
 
     def slider(name):
@@ -227,14 +248,22 @@ def build_page(app: AppModel):
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, buttons=["download"], elem_id="video")
                 info = gr.Markdown(elem_id="info")
-        gr.Examples([[str(path), text] for path, text in EXAMPLES if path.is_file()], inputs=[image, prompt])
+        examples = EXAMPLES[:1] if app.options.model is None else EXAMPLES  # the demo knows only shapes
+        gr.Examples([[str(path), text] for path, text in examples if path.is_file()], inputs=[image, prompt])
         # preprocess=False: the handler gets the uploaded file's path and reads it itself, so an unreadable
         # file becomes our one-line message instead of Gradio's own processing error.
         event = generate.click(run, [image, prompt, negative_prompt, *sliders, seed, sampler], [video, info],
                                preprocess=False, concurrency_limit=1, api_name="generate")
-        stop_button.click(stop, None, None, cancels=[event], queue=False)
-        page.unload(stop)
+        stop_button.click(stop, None, [video, info], cancels=[event], queue=False)
+        page.unload(leave)
+        image.upload(app.check_upload, image, [image, info], preprocess=False, queue=False)
     return page
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                                                             "machine only; 0.0.0.0 opens it to your network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--port", type=port_number, default=7860, help="port, 1 to 65535 (default: 7860)")
     return parser
 
 
@@ -276,8 +305,11 @@ def main(argv=None) -> int:
     page.queue(default_concurrency_limit=1, max_size=32)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` shuts down as Ctrl-C does
     try:
+        # quiet: Gradio's own lines would offer share=True, a public link this app does not make
         page.launch(server_name=args.host, server_port=args.port, show_error=False, max_file_size="50mb",
-                    ssr_mode=False, footer_links=["api", "settings"], css=CSS)
+                    ssr_mode=False, footer_links=["api", "settings"], css=CSS, quiet=True, prevent_thread_lock=True)
+        print(f"i2vgen app: open http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+        page.block_thread()
     except KeyboardInterrupt:
         pass
     except OSError as error:  # e.g. the port is taken
