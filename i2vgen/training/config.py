@@ -1,10 +1,25 @@
 """Training settings: one dataclass whose fields are the keys of the JSON file `i2vgen train --config` reads."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from i2vgen.checks import check_device, check_int, check_real
 from i2vgen.loading import _tuplify, check_config_types, read_json
 from i2vgen.training.buckets import parse_buckets
+from i2vgen.training.data import MOTIONS
+
+# The values each number may take, checked after its type: key -> (low, high), inclusive, None: no bound.
+RANGES = {
+    "num_clips": (1, None), "num_frames": (1, None), "resolution": (8, None), "fps": (1, 1000),
+    "num_workers": (0, None), "noise_offset": (0.0, None), "high_noise_fraction": (0.0, 1.0),
+    "high_noise_min_timestep": (0, None), "uncond_prob": (0.0, 1.0), "max_steps": (1, None),
+    "batch_size": (1, None), "gradient_accumulation_steps": (1, None), "learning_rate": (0.0, None),
+    "lr_warmup_steps": (0, None), "weight_decay": (0.0, None), "max_grad_norm": (0.0, None),
+    "ema_decay": (0.0, 1.0), "validate_every": (0, None), "checkpoint_every": (1, None),
+    "keep_checkpoints": (1, None), "num_threads": (1, None),
+}
+CHOICES = {"lr_schedule": ("constant", "cosine"), "mixed_precision": ("no", "bf16")}
+LORA_FIELDS = {"rank", "alpha", "dropout", "target_modules"}  # lora.LoraSettings (which needs peft to import)
 
 
 @dataclass
@@ -103,7 +118,50 @@ class TrainConfig:
             parse_buckets(data["buckets"], f"{path}: buckets")
         if any(fps <= 0 for fps in data.get("sample_fps") or ()):
             raise ValueError(f"{path}: sample_fps must be positive frame rates, got {list(data['sample_fps'])}")
-        return cls(**data)
+        missing = sorted(f.name for f in fields(cls) if f.name not in data and f.default is MISSING)
+        if missing:
+            raise ValueError(f"{path}: missing keys {missing}")
+        config = cls(**data)
+        try:
+            check_values(config)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """The values the types allow but training cannot use: one error naming the key and what is allowed."""
+    for key, (low, high) in RANGES.items():
+        check = check_int if isinstance(low, int) else check_real
+        check(key, getattr(cfg, key), low, *([] if high is None else [high]))
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"{key} must be one of {list(allowed)}, got {getattr(cfg, key)!r}")
+    if not all(0 <= beta < 1 for beta in cfg.adam_betas) or len(cfg.adam_betas) != 2:
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(cfg.adam_betas)}")
+    unknown = sorted(set(cfg.directions) - set(MOTIONS))
+    if unknown or not cfg.directions:
+        raise ValueError(f"directions must be some of {sorted(MOTIONS)}, got {list(cfg.directions)}")
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ValueError(f"output_dir {cfg.output_dir} is a file; give a folder")
+    check_device(cfg.device)
+    if cfg.lora is not None:
+        check_lora(cfg.lora)
+
+
+def check_lora(section) -> None:
+    if not isinstance(section, dict):
+        raise ValueError(f"lora must be an object of LoRA fields {sorted(LORA_FIELDS)} or null, got {section!r}")
+    unknown = sorted(set(section) - LORA_FIELDS)
+    if unknown:
+        raise ValueError(f"lora has no field {unknown[0]!r}; its fields are {sorted(LORA_FIELDS)}")
+    check_int("lora.rank", section.get("rank", 8), 1)
+    if section.get("alpha") is not None:
+        check_real("lora.alpha", section["alpha"], 0.0)
+    check_real("lora.dropout", section.get("dropout", 0.0), 0.0, 1.0)
+    targets = section.get("target_modules", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"lora.target_modules must be a list of module-name suffixes, got {targets!r}")

@@ -36,6 +36,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from i2vgen import model_hooks
+from i2vgen.loading import atomic_folder
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training import board
@@ -164,29 +165,46 @@ def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_s
     partial = output_dir / f".partial-{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
     name = "lora" if is_lora else "unet"
-    save_trained(unet, partial / name, is_lora)
-    save_trained(ema.model, partial / f"{name}_ema", is_lora)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
-               partial / "training_state.pt")
+    try:
+        save_trained(unet, partial / name, is_lora)
+        save_trained(ema.model, partial / f"{name}_ema", is_lora)
+        save_state({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
+                   partial / "training_state.pt")
+    except BaseException:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     for old in sorted(output_dir.glob("checkpoint-*"))[:-keep]:
         shutil.rmtree(old)
 
 
+def save_state(state, path) -> None:
+    """torch.save, whose failed writes (a full disk) are RuntimeErrors, with one OSError naming the file."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as error:
+        raise OSError(f"cannot write {path}: {str(error).strip().splitlines()[0]}") from None
+
+
 def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, generator,
                     is_lora: bool = False) -> int:
     """Restore what save_checkpoint wrote (models, optimizer, schedule, both RNGs); returns its step."""
     name = "lora" if is_lora else "unet"
-    load_trained(unet, checkpoint / name, is_lora)
-    load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
-    state = torch.load(checkpoint / "training_state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["step"]
+    try:
+        load_trained(unet, checkpoint / name, is_lora)
+        load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
+        state = torch.load(checkpoint / "training_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return state["step"]
+    except Exception as error:  # noqa: BLE001 - whatever is damaged, one line naming the checkpoint
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"cannot resume from {checkpoint} ({first[:300]}); remove that folder to resume from "
+                         f"the one before it, or start again in an empty output_dir") from None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -196,10 +214,10 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
     """A complete pipeline folder: every file of `model_folder` except the UNet, which is `unet`'s weights."""
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(model_folder, out, ignore=lambda folder, names: ["unet"] if Path(folder) == Path(model_folder) else [])
-    unet.save_pretrained(out / "unet")
+    with atomic_folder(out) as folder:  # a full disk leaves the previous export, or none
+        shutil.copytree(model_folder, folder, dirs_exist_ok=True,
+                        ignore=lambda parent, names: ["unet"] if Path(parent) == Path(model_folder) else [])
+        unet.save_pretrained(folder / "unet")
 
 
 # ---- the loop ----
@@ -212,13 +230,17 @@ def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
                               "resolution": cfg.resolution, "start_anywhere": cfg.start_anywhere,
                               "directions": list(cfg.directions), "encoders": encoder_fingerprint(cfg.model)})
     if path.exists():
-        pool = torch.load(path, weights_only=True)
-        if pool.get("produced_by") == produced_by:
+        try:
+            pool = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache is made again, never trusted
+            pool = {}
+        if isinstance(pool, dict) and pool.get("produced_by") == produced_by:
             return pool
-        print(f"{path} was made with other settings or encoders: encoding the clips again", file=sys.stderr)
+        print(f"{path} was made with other settings or encoders, or is damaged: encoding the clips again",
+              file=sys.stderr)
     pool = encode_clips(pipe, cfg) | {"produced_by": produced_by}
     with _atomic_path(path) as tmp:
-        torch.save(pool, tmp)
+        save_state(pool, tmp)
     return pool
 
 
@@ -306,7 +328,8 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    with _atomic_path(output_dir / "config.json") as tmp:  # never a 0-byte file on a full disk
+        Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     pipe = load_pipeline(cfg)
     dataset = folder_dataset(pipe, cfg, output_dir) if cfg.data_dir else None
@@ -356,10 +379,16 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     return output_dir / "pipeline"
 
 
+def positive_step(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a step number, at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="i2vgen train", description="Train the I2VGen-XL UNet (see docs/training.md).")
     parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields")
-    parser.add_argument("--until", type=int, help="stop after this step (with a checkpoint); rerun to continue")
+    parser.add_argument("--until", type=positive_step, help="stop after this step (with a checkpoint); rerun to continue")
     parser.add_argument("--encode-only", action="store_true",
                         help="with data_dir: bring the encoder cache up to date, then stop")
     args = parser.parse_args(argv)
@@ -379,6 +408,10 @@ def main(argv=None):
     except DataError as error:  # the data: one line naming the file
         print(f"i2vgen train: error: {error}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as error:  # the model folder, a checkpoint, a LoRA target, a full disk
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"i2vgen train: error: {first}", file=sys.stderr)
+        return 1
     print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
     return 0
 
