@@ -128,11 +128,12 @@ FULL_DISK = textwrap.dedent("""
 def test_full_disk_while_training_leaves_nothing_partial(tmp_path, base):
     config = tmp_path / "train.json"
     config.write_text(json.dumps(small(base, output_dir=str(tmp_path / "out"))))
-    # 20 kB: config.json and the clip pool fit, a checkpoint's UNet does not
-    result = subprocess.run([sys.executable, "-c", FULL_DISK, "20000", "--config", str(config)], capture_output=True,
+    # 200 kB: config.json and the clip pool fit, a checkpoint's UNet (589 kB) does not
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, "200000", "--config", str(config)], capture_output=True,
                             text=True, timeout=300, env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"})
     last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 1 and last.startswith("i2vgen train: error: cannot write "), last
+    assert result.returncode == 1 and last.startswith(
+        f"i2vgen train: error: cannot write {tmp_path / 'out' / 'checkpoint-000001' / 'unet'}/"), last
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert not [name for name in left if name.startswith(".")] and "checkpoint-000001" not in left, left
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model"] == str(base)

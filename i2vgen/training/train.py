@@ -171,8 +171,10 @@ def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_s
         save_state({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
                    partial / "training_state.pt")
-    except BaseException:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
+    except BaseException as error:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, OSError) and str(partial) in str(error):  # name the checkpoint, not the hidden folder
+            raise OSError(str(error).replace(str(partial), str(folder))) from None
         raise
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
