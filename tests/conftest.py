@@ -203,6 +203,23 @@ def tiny_pipe64():
     return pipe
 
 
+@pytest.fixture(scope="module")
+def demo_pipe():
+    """The embedded demo pipeline (float32), for the bad-input tests."""
+    from i2vgen import I2VGenXLPipeline
+
+    pipe = I2VGenXLPipeline.from_pretrained(DEMO_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def small_call(pipe, **kwargs):
+    """A one-step 32x32, 2-frame call on a black image: frames as numpy; `kwargs` replace any argument."""
+    args = dict(prompt="a red circle moving right", image=PIL.Image.new("RGB", (32, 32)), height=32, width=32,
+                num_frames=2, num_inference_steps=1, output_type="np") | kwargs
+    return pipe(**args).frames
+
+
 # ---- diffusers' scheduler tests (v0.35.2, tests/schedulers/): their configs, samples and stand-in denoiser ----
 
 # Each test class's get_scheduler_config (test_scheduler_{ddim,unipc,dpm_multi,euler}.py).

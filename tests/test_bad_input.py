@@ -24,7 +24,7 @@ from i2vgen.apps.cli import main, read_image
 from i2vgen.loading import read_config
 from i2vgen.preprocess import center_crop_wide, to_pil_images
 from i2vgen.schedulers.ddim import DDIMScheduler
-from conftest import Tiny
+from conftest import Tiny, small_call
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "assets" / "landscape.png"
@@ -64,16 +64,11 @@ def model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = I2VGenXLPipeline.from_pretrained(TINY)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(demo_pipe):
+    return demo_pipe
 
 
-def call(pipe, **kwargs):
-    args = dict(prompt="a red circle moving right", image=PIL.Image.new("RGB", (32, 32)), height=32, width=32,
-                num_frames=2, num_inference_steps=1, output_type="np") | kwargs
-    return pipe(**args).frames
+call = small_call
 
 
 # ---- silent wrong (were: exit 0 with a wrong video or wrong data) ----

@@ -4,8 +4,6 @@ nothing partial left behind."""
 
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +13,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+from conftest import small_call
 
 from i2vgen import I2VGenXLPipeline
 from i2vgen.apps.cli import main
@@ -33,16 +33,11 @@ def cli(capsys, *args) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = I2VGenXLPipeline.from_pretrained(TINY)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(demo_pipe):
+    return demo_pipe
 
 
-def call(pipe, **kwargs):
-    args = dict(prompt="a red circle moving right", image=PIL.Image.new("RGB", (32, 32)), height=32, width=32,
-                num_frames=2, num_inference_steps=1, output_type="np") | kwargs
-    return pipe(**args).frames
+call = small_call
 
 
 # ---- full disks ----
