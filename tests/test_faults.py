@@ -345,3 +345,14 @@ def test_meta_device_none_model_and_freeu_values(pipe):
         I2VGenXLPipeline.from_pretrained(None)
     with pytest.raises(ValueError, match="^b1 must be a finite number, got nan$"):
         pipe.enable_freeu(s1=0.9, s2=0.2, b1=float("nan"), b2=1.4)
+
+
+@pytest.mark.parametrize("name", ["ddim", "unipc", "dpm++", "euler"])
+def test_scheduler_step_with_mismatched_shapes(pipe, name):
+    from i2vgen.schedulers import by_name
+
+    scheduler = by_name(name, pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match=r"^step: model_output has shape \(1, 4, 8, 8\) but sample has \(2, 4, 8, 8\); "
+                                         r"they must match$"):
+        scheduler.step(torch.zeros(1, 4, 8, 8), scheduler.timesteps[0], torch.zeros(2, 4, 8, 8))

@@ -90,6 +90,14 @@ def check_choice(key: str, value, allowed: tuple) -> None:
         raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
 
 
+def check_step_shapes(model_output, sample) -> None:
+    """A step's model output and sample must have one shape (otherwise they would broadcast into a wrong sample
+    or fail deep in the step's math)."""
+    if tuple(model_output.shape) != tuple(sample.shape):
+        raise ValueError(f"step: model_output has shape {tuple(model_output.shape)} but sample has "
+                         f"{tuple(sample.shape)}; they must match")
+
+
 def check_config(c) -> None:
     """The checks every scheduler config gets (each scheduler adds its own choices)."""
     if c.trained_betas is None:

@@ -15,7 +15,7 @@ import torch
 
 from i2vgen.checks import check_real
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.base import ScheduleConfig, SchedulerMixin, SchedulerOutput
+from i2vgen.schedulers.base import ScheduleConfig, SchedulerMixin, SchedulerOutput, check_step_shapes
 from i2vgen.schedulers.schedule import (append_dims, check_num_inference_steps, dynamic_threshold, make_betas,
                                         spaced_timesteps, train_step, x0_and_eps)
 
@@ -85,6 +85,7 @@ class DDIMScheduler(SchedulerMixin):
         generator's device, then moved), exactly as the reference draws it; only when eta > 0.
         """
         c = self.config
+        check_step_shapes(model_output, sample)
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if variance_noise is not None and generator is not None:

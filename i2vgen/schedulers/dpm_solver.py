@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
+from i2vgen.schedulers.base import (MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice,
+                                     check_step_shapes)
 from i2vgen.schedulers.schedule import (alpha_sigma, as_numpy, alpha_sigma_lambda, check_num_inference_steps,
                                         dynamic_threshold, final_sigma,  log_snr, make_betas,
                                         sigmas_at, sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
@@ -170,6 +171,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         min(solver_order, steps so far + 1), lowered on the last steps as the config says.
         """
         c = self.config
+        check_step_shapes(model_output, sample)
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self.step_index is None:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from i2vgen.noise import randn_tensor
-from i2vgen.schedulers.base import SchedulerMixin, SchedulerOutput, SigmaScheduleConfig, check_choice
+from i2vgen.schedulers.base import (SchedulerMixin, SchedulerOutput, SigmaScheduleConfig, check_choice,
+                                     check_step_shapes)
 from i2vgen.schedulers.schedule import (as_numpy, check_num_inference_steps, final_sigma, make_betas,
                                         sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
                                         spaced_timesteps, with_final, x0_and_eps)
@@ -141,6 +142,7 @@ class EulerDiscreteScheduler(SchedulerMixin):
         the prediction type (v: D = -sigma / sqrt(sigma^2 + 1) v + x / (sigma^2 + 1)).
         """
         c = self.config
+        check_step_shapes(model_output, sample)
         if self.step_index is None:  # before set_timesteps: on the train steps' schedule, as the reference
             self._init_step_index(timestep)
         x = sample.to(torch.float32)

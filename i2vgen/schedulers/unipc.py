@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from i2vgen.schedulers.base import MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice
+from i2vgen.schedulers.base import (MultistepConfig, SchedulerMixin, SchedulerOutput, check_choice,
+                                     check_step_shapes)
 from i2vgen.schedulers.schedule import (alpha_sigma, alpha_sigma_lambda, check_num_inference_steps,
                                         dynamic_threshold, final_sigma,  make_betas, sigmas_at,
                                         sigmas_from_alphas_cumprod, sigmas_of, solver_alphas_cumprod,
@@ -100,6 +101,7 @@ class UniPCMultistepScheduler(SchedulerMixin):
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         """Correct the previous step's result with this model output (UniC), then predict the next sample (UniP)."""
         c = self.config
+        check_step_shapes(model_output, sample)
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self.step_index is None:
