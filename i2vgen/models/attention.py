@@ -86,8 +86,16 @@ class Attention(nn.Module):
             return self.to_q(x), *F.linear(context, self.fused_weight, self.fused_bias).chunk(2, dim=-1)
         return F.linear(x, self.fused_weight, self.fused_bias).chunk(3, dim=-1)
 
+    frame_windows = None  # a FrameWindows on the attentions across frames of a long video (frame_windows.py)
+
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, C) tokens, optional (B, M, C_ctx) context -> (B, N, C)."""
+        """(B, N, C) tokens, optional (B, M, C_ctx) context -> (B, N, C). With `frame_windows` set (self-attention
+        across the N frames of a long video), attention within overlapping windows of frames, fused."""
+        if self.frame_windows is not None:
+            return self.frame_windows.fuse(self._attend, hidden_states)
+        return self._attend(hidden_states, encoder_hidden_states)
+
+    def _attend(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         residual = hidden_states
         if self.group_norm is not None:
             # GroupNorm wants channels second: (B, N, C) -> (B, C, N) and back.

@@ -28,8 +28,10 @@ from torch import nn
 
 from i2vgen.checks import check_real
 from i2vgen.loading import Config, ModelMixin
+from i2vgen.models.attention import Attention
 from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
+from i2vgen.models.frame_windows import FrameWindows
 from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.outputs import BaseOutput
 from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
@@ -86,7 +88,7 @@ class UNetCondition:
     """
 
     fps_emb: torch.Tensor  # (R, 4 * C0): fps embedding, added to the timestep embedding
-    context: torch.Tensor  # (R, M, cross_attention_dim): text, image-latent and CLIP-image tokens
+    context: torch.Tensor  # (R, M, D) text, image-latent and CLIP-image tokens; (R, F, M, D) with per-frame text
     image_latents: torch.Tensor  # (B, in_channels, F, H, W): concatenated to the sample
 
     def select(self, index: slice) -> "UNetCondition":
@@ -115,11 +117,13 @@ def _check_condition_inputs(ctx_dim: int, fps, image_latents, image_embeddings, 
     if image_latents is None or image_latents.ndim != 5 or image_latents.shape[1] != LATENT_CHANNELS:
         raise ValueError(f"image_latents must be (B, {LATENT_CHANNELS}, F, H, W) VAE latents; got "
                          f"{_shape(image_latents)}")
-    batch = image_latents.shape[0]
-    if (encoder_hidden_states is None or encoder_hidden_states.ndim != 3
-            or encoder_hidden_states.shape[2] != ctx_dim or encoder_hidden_states.shape[0] % batch):
-        raise ValueError(f"encoder_hidden_states must be (R, L, {ctx_dim}), R a multiple of image_latents' "
-                         f"B={batch}; got {_shape(encoder_hidden_states)}")
+    batch, frames = image_latents.shape[0], image_latents.shape[2]
+    per_frame = encoder_hidden_states is not None and encoder_hidden_states.ndim == 4
+    if (encoder_hidden_states is None or encoder_hidden_states.ndim not in (3, 4)
+            or encoder_hidden_states.shape[-1] != ctx_dim or encoder_hidden_states.shape[0] % batch
+            or (per_frame and encoder_hidden_states.shape[1] != frames)):
+        raise ValueError(f"encoder_hidden_states must be (R, L, {ctx_dim}), or (R, F={frames}, L, {ctx_dim}) per "
+                         f"frame, R a multiple of image_latents' B={batch}; got {_shape(encoder_hidden_states)}")
     rows = encoder_hidden_states.shape[0]
     if image_embeddings is None or image_embeddings.shape[-1] != ctx_dim or image_embeddings.numel() != rows * ctx_dim:
         raise ValueError(f"image_embeddings must be (R={rows}, {ctx_dim}) or (R, 1, {ctx_dim}); got "
@@ -251,6 +255,16 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         for block in self.up_blocks:
             block.s1 = block.s2 = block.b1 = block.b2 = None
 
+    def enable_frame_windows(self, windows: FrameWindows | None):
+        """Attention across frames within overlapping windows, fused (FreeNoise; models/frame_windows.py), in
+        every layer where attention runs across frames: the temporal transformers, transformer_in, and the
+        image-latent temporal encoder. None: attention over all frames (the default)."""
+        temporal = [m for m in self.modules() if isinstance(m, TransformerTemporalModel)]
+        for layer in [*temporal, self.image_latents_temporal_encoder]:
+            for attention in layer.modules():
+                if isinstance(attention, Attention):
+                    attention.frame_windows = windows
+
     def enable_gradient_checkpointing(self, gradient_checkpointing_func=None):
         """Keep only each down, mid and up block's inputs during training and recompute its activations in the
         backward pass: activation memory drops to about the blocks' inputs, for about one more forward pass of
@@ -293,7 +307,8 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
                          encoder_hidden_states: torch.Tensor) -> UNetCondition:
         """Stages 2-4 of the forward, which depend on the video only: compute once, reuse at every step.
 
-        encoder_hidden_states: (R, L, D) text tokens; image_embeddings: (R, D) or (R, 1, D) CLIP image
+        encoder_hidden_states: (R, L, D) text tokens, or (R, F, L, D) per frame (prompts that change over time:
+        each frame's cross-attention then reads its own row); image_embeddings: (R, D) or (R, 1, D) CLIP image
         embedding; fps: (R,) or (1,) tensor or a number; image_latents: (B, 4, F, H, W) VAE latents (first
         frame the image), B = R, or R / k for k groups of rows that share them (see UNetCondition);
         D = cross_attention_dim.
@@ -314,7 +329,11 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         latent_tokens = rearrange(latent_tokens, "r d h w -> r (h w) d")
         image_tokens = self.context_embedding(image_embeddings.reshape(rows, ctx_dim))
         image_tokens = rearrange(image_tokens, "r (n d) -> r n d", n=in_ch)
-        context = torch.cat([encoder_hidden_states, latent_tokens, image_tokens], dim=1)
+        if encoder_hidden_states.ndim == 4:  # per-frame text: the image tokens are the same for every frame
+            frames = encoder_hidden_states.shape[1]
+            latent_tokens, image_tokens = (repeat(tokens, "r n d -> r f n d", f=frames)
+                                           for tokens in (latent_tokens, image_tokens))
+        context = torch.cat([encoder_hidden_states, latent_tokens, image_tokens], dim=-2)
 
         # 4. Image latents: per-frame convs, then attention across each pixel's frames.
         _, _, frames, height, width = image_latents.shape
@@ -355,8 +374,11 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         emb = self.time_embedding(self._sinusoids(t.expand(batch).repeat(rows_per_sample))) + condition.fps_emb
         emb = repeat(emb, "r d -> (r f) d", f=frames)
-        # 3. Context tokens (from the condition): one row per video, shared by its frames' cross-attention.
+        # 3. Context tokens (from the condition): one row per video, shared by its frames' cross-attention, or
+        # one per frame (per-frame text).
         context = condition.context
+        if context.ndim == 4:
+            context = rearrange(context, "r f m d -> (r f) m d")
 
         # 4-5. Concatenate the encoded image latents (stage 4), fold frames into the batch, conv_in, then
         # attention across frames. Neither reads the context or the timestep, so they run once per sample

@@ -92,7 +92,7 @@ class UNetMidBlock3DCrossAttn(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_frames: int, context: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb)
         x = self.temp_convs[0](x, num_frames)
-        x = self.attentions[0](x, context, num_frames)
+        x = self.attentions[0](x, context)  # frames per context row from the shapes (one or all of a video's)
         x = self.temp_attentions[0](x, num_frames)
         x = self.resnets[1](x, temb)
         return self.temp_convs[1](x, num_frames)

@@ -35,6 +35,7 @@ from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
 from i2vgen.pipelines.clip import CLIPImageProcessor, encode_text, load_clip_components
+from i2vgen.pipelines.free_noise import FreeNoiseMixin
 from i2vgen.pipelines.inputs import (batch_size, check_call, check_call_numbers, check_callback_result,
                                      check_cross_attention_kwargs, check_finite_latents, check_image_sizes,
                                      check_tensors)
@@ -56,11 +57,11 @@ class I2VGenXLPipelineOutput(BaseOutput):
     frames: list | np.ndarray | torch.Tensor
 
 
-class ImageToVideoPipeline(OffloadMixin):
+class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
     """Image-to-video generation with I2VGen-XL: loading, the call and the memory switches. Components and call
     arguments follow diffusers' deprecated `I2VGenXLPipeline`. `i2vgen.I2VGenXLPipeline` is this class plus the
     rest of diffusers' pipeline API (i2vgen/compat/pipeline.py: `components`, `from_pipe`, FreeU, fused QKV,
-    LoRA, the switches that do nothing here); model offload is in offload.py."""
+    LoRA, the switches that do nothing here); model offload is in offload.py, long videos (FreeNoise) in free_noise.py."""
 
     unet_class, vae_class = I2VGenXLUNet, AutoencoderKL  # what from_pretrained builds
 
@@ -355,15 +356,19 @@ class ImageToVideoPipeline(OffloadMixin):
         # The loop starts at the first step. (The reference finds it from the first timestep, which fails when the
         # schedule repeats it, as Karras sigmas on the zero-terminal-SNR schedule do.)
         self.scheduler.set_begin_index(0)
-        prompts = [prompt] if isinstance(prompt, str) else prompt
+        prompts = [prompt] if isinstance(prompt, (str, dict)) else prompt  # a dict: {frame: prompt}, one video
         images = to_pil_images(image)
         check_image_sizes(images)
         num_prompts = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         batch = batch_size(num_prompts, len(images), num_videos_per_prompt, generator)
 
-        # 2. text: (P, S, D), and the negative prompt's when guided
-        prompt_embeds, negative_prompt_embeds = self._encode_prompts(
-            prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale > 1, clip_skip)
+        # 2. text: (P, S, D), and the negative prompt's when guided; (1, F, S, D) for prompts that change over time
+        if isinstance(prompt, dict) or isinstance(negative_prompt, dict):
+            prompt_embeds, negative_prompt_embeds = self._encode_prompt_schedule(
+                prompt, negative_prompt, num_frames, guidance_scale > 1, clip_skip)
+        else:
+            prompt_embeds, negative_prompt_embeds = self._encode_prompts(
+                prompts, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale > 1, clip_skip)
 
         # 3. image: CLIP embedding (N, 1, D), then first-frame latents (N, 4, F, h, w) from the global RNG
         image_embeddings = self.encode_image(images, width)
@@ -391,11 +396,12 @@ class ImageToVideoPipeline(OffloadMixin):
     def prepare_latents(self, batch_size: int, num_channels_latents: int, num_frames: int, height: int, width: int,
                         dtype: torch.dtype, device, generator, latents: torch.Tensor | None = None) -> torch.Tensor:
         """x_T (B, C, F, h, w) on `device`: `latents` if given, else N(0, I) noise from `generator`; times the
-        scheduler's init_noise_sigma. The reference's signature."""
+        scheduler's init_noise_sigma (with FreeNoise, the noise rescheduled over the frames: free_noise.py). The
+        reference's signature."""
         shape = (batch_size, num_channels_latents, num_frames,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
-            latents = randn_tensor(shape, generator, device, dtype)
+            latents = self._reschedule_noise(randn_tensor(shape, generator, device, dtype), generator)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma  # float64 given: cast

@@ -6,6 +6,7 @@ import inspect
 import torch
 
 from i2vgen.checks import check_int, check_real, check_text
+from i2vgen.pipelines.prompt_schedule import check_prompt_schedule
 from i2vgen.preprocess import OUTPUT_TYPES
 
 
@@ -45,8 +46,14 @@ def check_inputs(prompt, image, height, width, negative_prompt=None, prompt_embe
     for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if texts is None:
             continue
+        if isinstance(texts, dict):  # prompts that change over time (prompt_schedule.py)
+            check_prompt_schedule(name, texts, num_frames)
+            if not isinstance(prompt, (str, dict)):
+                raise ValueError(f"{name} as a {{frame: prompt}} dict needs prompt to be one string or dict")
+            continue
         if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
-            raise TypeError(f"{name} must be a string or a non-empty list of strings, got {texts!r}")
+            raise TypeError(f"{name} must be a string, a non-empty list of strings or a {{frame: prompt}} dict, "
+                            f"got {texts!r}")
         for text in [texts] if isinstance(texts, str) else texts:
             check_text(f"{name} entries" if isinstance(texts, list) else name, text)
     if negative_prompt is not None and negative_prompt_embeds is not None:
