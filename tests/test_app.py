@@ -337,3 +337,22 @@ def test_browser_bad_input_shows_a_message(page, tmp_path):
     page.wait_for_timeout(500)  # let the message finish fading in before the screenshot
     screenshot(page, tmp_path, "app_error.png")
     assert "Traceback" not in page.inner_text("body")
+
+
+def test_long_video_and_prompt_changes(app, tmp_path):
+    """Frames beyond the plain limit only with Long video on; the shown command (with --free-noise, --prompt-at)
+    makes the same video."""
+    settings = {**FAST, "frames": 40, "context_length": 8}
+    with pytest.raises(UsageError, match="^Frames must be a whole number from 1 to 32, got 40$"):
+        app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0)
+    with pytest.raises(UsageError, match="--prompt-at must be FRAME:TEXT"):
+        app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0, long_video=True, prompt_changes="soon: stop")
+    path, seed, command = app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0, long_video=True,
+                                       prompt_changes="20: a red circle moving left\n")
+    args = shlex.split(command)
+    assert "--free-noise" in args and args[args.index("--prompt-at") + 1] == "20: a red circle moving left"
+    args[args.index("--image") + 1] = str(RED_CIRCLE)
+    args[args.index("--out") + 1] = str(tmp_path / "cli.mp4")
+    assert main(args[1:]) == 0
+    page, cli = decode(path), decode(tmp_path / "cli.mp4")
+    assert page.shape == (40, 32, 32, 3) and np.array_equal(page, cli)

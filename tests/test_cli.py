@@ -122,3 +122,68 @@ def test_train_subcommand_reaches_the_training_module(capsys):
     with pytest.raises(SystemExit) as exit_info:  # --config is required
         main(["train"])
     assert exit_info.value.code == 2
+
+
+# ---- long videos (FreeNoise) and prompts that change over time ----
+
+def test_free_noise_and_prompt_changes_on_the_command_line(tmp_path):
+    """--free-noise and --prompt-at make the video the pipeline makes with the same options."""
+    import numpy as np
+    import torch
+
+    from i2vgen import I2VGenXLPipeline
+    from i2vgen.apps.render import EMBEDDED_MODEL
+    from i2vgen.pipelines.prompt_schedule import hold
+
+    out = tmp_path / "long.gif"
+    assert generate("--frames", "7", "--free-noise", "--context-length", "4", "--context-stride", "2",
+                    "--weighting-scheme", "flat", "--noise-type", "repeat_context", "--prompt-at", "3: a tree",
+                    "--prompt-interpolation", "hold", "--out", str(out)) == 0
+    pipe = I2VGenXLPipeline.from_pretrained(EMBEDDED_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_free_noise(4, 2, "flat", "repeat_context", prompt_interpolation_callback=hold)
+    torch.manual_seed(1)
+    frames = pipe(prompt={0: "a house", 3: "a tree"}, image=PIL.Image.open(IMAGE), height=32, width=32,
+                  num_frames=7, num_inference_steps=2, generator=torch.manual_seed(1), output_type="pil").frames[0]
+    with PIL.Image.open(out) as gif:
+        assert gif.n_frames == 7
+        gif.seek(6)
+        shown = np.asarray(gif.convert("RGB"), dtype=int)
+    # the GIF's palette quantises: compare with the frame written through the same exporter
+    from i2vgen.video import export_to_gif
+    export_to_gif(frames, tmp_path / "api.gif", fps=16)
+    with PIL.Image.open(tmp_path / "api.gif") as gif:
+        gif.seek(6)
+        assert np.array_equal(shown, np.asarray(gif.convert("RGB"), dtype=int))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-at", "0:a tree"], "--prompt-at must be FRAME:TEXT with FRAME from 1 to 2 (frame 0 is --prompt's)"),
+    (["--prompt-at", "a tree"], "--prompt-at must be FRAME:TEXT"),
+    (["--prompt-at", "1:a", "--prompt-at", "1:b"], "--prompt-at gives frame 1 twice"),
+    (["--prompt-interpolation", "cubic"], "--prompt-interpolation must be one of linear, hold"),
+    (["--context-length", "0"], "--context-length must be a positive int"),
+    (["--context-stride", "20"], "--context-stride (20) must be at most context_length (16)"),
+    (["--weighting-scheme", "linear"], "--weighting-scheme must be one of flat, pyramid, delayed_reverse_sawtooth"),
+    (["--noise-type", "fresh"], "--noise-type must be one of shuffle_context, repeat_context, random"),
+])
+def test_bad_long_video_arguments(capsys, args, message):
+    code, line = error_of(capsys, *args)
+    assert code == 2 and line.startswith("i2vgen: error:") and message in line
+
+
+def test_job_file_keys_for_long_videos(tmp_path):
+    """Job files take the same options: "prompt_at" as a list of FRAME:TEXT strings (or one string)."""
+    from i2vgen.apps.jobs import job_request
+    from i2vgen.apps.render import UsageError, VideoRequest
+
+    defaults = VideoRequest(image=str(IMAGE), frames=24)
+    job = {"prompt": "p", "out": "a.gif", "free_noise": True, "context_length": 8, "prompt_at": ["8: q", "16:r"]}
+    request = job_request(job, defaults, tmp_path)
+    assert request.free_noise and request.context_length == 8
+    assert request.prompt_schedule() == {0: "p", 8: "q", 16: "r"}
+    assert job_request(job | {"prompt_at": "8:q"}, defaults, tmp_path).prompt_schedule() == {0: "p", 8: "q"}
+    with pytest.raises(UsageError, match="argument --prompt-at: expected a string or a list of strings"):
+        job_request(job | {"prompt_at": [8]}, defaults, tmp_path)
+    with pytest.raises(UsageError, match="--prompt-at must be FRAME:TEXT with FRAME from 1 to 23"):
+        job_request(job | {"prompt_at": ["30:q"]}, defaults, tmp_path)

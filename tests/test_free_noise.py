@@ -8,7 +8,7 @@ import torch
 from conftest import SCHEDULING_ATOL, rel_error, run_demo, tiny_unet
 from i2vgen.models.attention import Attention
 from i2vgen.models.frame_windows import WEIGHTING_SCHEMES, FrameWindows, frame_windows, window_weights
-from i2vgen.pipelines.prompt_schedule import lerp, per_frame_embeddings
+from i2vgen.pipelines.prompt_schedule import hold, lerp, per_frame_embeddings
 
 
 # ---- windows and weights (pure) ----
@@ -113,8 +113,7 @@ def test_prompt_schedule_interpolates_between_given_frames():
     out = per_frame_embeddings([0, 4], embeds, 7).flatten().tolist()
     assert out == [0, 1, 2, 3, 4, 4, 4]  # linear from frame 0 to 4, then the last prompt held
     assert per_frame_embeddings([0], embeds[:1], 1).flatten().tolist() == [0.0]
-    hold = per_frame_embeddings([0, 4], embeds, 7, lambda a, b, s, e: torch.cat([s.repeat(b - a, 1, 1), e]))
-    assert hold.flatten().tolist() == [0, 0, 0, 0, 4, 4, 4]
+    assert per_frame_embeddings([0, 4], embeds, 7, hold).flatten().tolist() == [0, 0, 0, 0, 4, 4, 4]
     with pytest.raises(ValueError, match="must return the 5 embeddings of frames 0..4"):
         per_frame_embeddings([0, 4], embeds, 7, lambda a, b, s, e: s)
     assert lerp(0, 2, embeds[:1], embeds[1:]).flatten().tolist() == [0, 2, 4]

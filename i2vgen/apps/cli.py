@@ -57,6 +57,7 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                           "repeat for several (needs peft: pip install 'i2vgen[lora]')")
     gen.add_argument("--force", action="store_true",
                      help="generate even when the memory estimate says the video will not fit")
+    add_free_noise_options(gen)
     add_batch_options(gen)
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
     commands.add_parser("train", add_help=False, help="train or fine-tune the UNet: i2vgen train --config FILE "
@@ -64,6 +65,26 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
     commands.add_parser("app", add_help=False, help="a local web page: upload an image, type a prompt, watch the "
                                                     "video (i2vgen app --help; needs pip install 'i2vgen[app]')")
     return parser
+
+
+def add_free_noise_options(gen):
+    """Long videos and prompts that change over time (docs/long_videos.md)."""
+    long = gen.add_argument_group("long videos (FreeNoise; docs/long_videos.md)")
+    long.add_argument("--prompt-at", action="append", default=[], metavar="FRAME:TEXT",
+                      help="at FRAME, this prompt (--prompt is frame 0's); repeat for more, e.g. --prompt-at '8:a red circle moving left'")
+    long.add_argument("--prompt-interpolation", default="linear",
+                      help="between two given prompts: linear (a blend over the frames between them, default) or "
+                           "hold (each prompt holds until the next one's frame)")
+    long.add_argument("--free-noise", action="store_true",
+                      help="for more frames than the model was trained on: temporal attention within windows of "
+                           "--context-length frames, fused, and noise re-used across windows")
+    long.add_argument("--context-length", type=int, default=16,
+                      help="window in frames: the model's training length (default: 16; the tiny demo's is 8)")
+    long.add_argument("--context-stride", type=int, default=4, help="frames between windows (default: 4)")
+    long.add_argument("--weighting-scheme", default="pyramid",
+                      help="how overlapping windows are fused: flat, pyramid (default) or delayed_reverse_sawtooth")
+    long.add_argument("--noise-type", default="shuffle_context",
+                      help="initial noise past the first window: shuffle_context (default), repeat_context or random")
 
 
 def add_batch_options(gen):

@@ -30,8 +30,9 @@ RUN_WIDE = {"model", "variant", "dtype", "device", "lora", "jobs", "out_dir", "c
 # the pair can fail that job and go on together; any other error stops the run (a rerun resumes it).
 BAD_INPUT = (UsageError, ValueError, TypeError, OSError)
 FAILURES = "failures.jsonl"
-FIELD_TYPES = {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-               for name, hint in typing.get_type_hints(VideoRequest).items()}  # int | None -> int
+FIELD_TYPES = {name: list if typing.get_origin(hint) is list else
+               next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+               for name, hint in typing.get_type_hints(VideoRequest).items()}  # int | None -> int; list[str] -> list
 
 
 @dataclass
@@ -54,6 +55,11 @@ class Job:
 def job_value(key: str, value):
     """A job's JSON value as the VideoRequest field `key` holds it (messages as the command line's parser)."""
     option, kind = "--" + key.replace("_", "-"), FIELD_TYPES[key]
+    if kind is list:  # a repeatable option: a list of strings, or one
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise UsageError(f"argument {option}: expected a string or a list of strings, got {json.dumps(value)}")
+        return values
     if kind is bool:  # a flag: true sets it
         if value is True:
             return True
@@ -76,7 +82,8 @@ def job_request(spec: dict, defaults: VideoRequest, out_dir: Path) -> VideoReque
             raise UsageError(f'"{key}" is set once for the whole run, on the command line')
         if dest not in fields:
             raise UsageError(f'unknown key "{key}" (the keys are generate\'s long options without the dashes)')
-        if not (value is None or isinstance(value, (bool, str, int, float))):
+        if not (value is None or isinstance(value, (bool, str, int, float))
+                or (FIELD_TYPES[dest] is list and isinstance(value, list))):
             raise UsageError(f'"{key}" must be a string or a number, got {json.dumps(value)}')
         if isinstance(value, str) and "\0" in value:  # no file name or prompt holds one
             raise UsageError(f'"{key}" holds a NUL character')

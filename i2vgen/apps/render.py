@@ -67,6 +67,13 @@ class VideoRequest:
     seed: int | None = None  # None: the caller draws one
     eta: float = 0.0  # DDIM only
     force: bool = False  # render even when the memory estimate says it will not fit
+    prompt_at: list[str] = field(default_factory=list)  # FRAME:TEXT each: the prompt from that frame on
+    prompt_interpolation: str = "linear"  # between two given prompts: "linear" blend or "hold" (a cut)
+    free_noise: bool = False  # long videos: windowed temporal attention, rescheduled noise (FreeNoise)
+    context_length: int = 16  # its window, in frames: the model's training length (the tiny demo's: 8)
+    context_stride: int = 4
+    weighting_scheme: str = "pyramid"
+    noise_type: str = "shuffle_context"
 
     def sampler(self) -> tuple[str, dict, int]:
         """(scheduler name, its options, steps) that fast, scheduler and steps ask for."""
@@ -88,6 +95,8 @@ class VideoRequest:
             if getattr(self, option) is None:
                 raise UsageError(f"--{option} is required")
         self._check_numbers()
+        self.prompt_schedule()
+        self._check_free_noise()
         for option in ("height", "width"):
             value = getattr(self, option)
             if value is not None and (value < 8 or value % 8):
@@ -110,6 +119,47 @@ class VideoRequest:
                 check_text("--negative-prompt", self.negative_prompt)
         except (TypeError, ValueError) as error:
             raise UsageError(str(error)) from None
+
+    def prompt_schedule(self) -> str | dict[int, str]:
+        """The pipeline's prompt: --prompt, or with --prompt-at a {frame: prompt} dict starting with it."""
+        from i2vgen.checks import check_text
+
+        schedule = {0: self.prompt}
+        for spec in self.prompt_at:
+            frame, colon, text = str(spec).partition(":")
+            if not (colon and frame.strip().isdigit() and 1 <= int(frame) < self.frames):
+                raise UsageError(f"--prompt-at must be FRAME:TEXT with FRAME from 1 to {self.frames - 1} (frame 0 "
+                                 f"is --prompt's), got {spec!r}")
+            if int(frame) in schedule:
+                raise UsageError(f"--prompt-at gives frame {int(frame)} twice")
+            schedule[int(frame)] = check_text("--prompt-at", text).strip()
+        return self.prompt if len(schedule) == 1 else schedule
+
+    def _check_free_noise(self):
+        from i2vgen.models.frame_windows import FrameWindows
+        from i2vgen.pipelines.free_noise import NOISE_TYPES
+        from i2vgen.pipelines.prompt_schedule import INTERPOLATIONS
+
+        if self.prompt_interpolation not in INTERPOLATIONS:
+            raise UsageError(f"--prompt-interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                             f"{self.prompt_interpolation!r}")
+        if self.noise_type not in NOISE_TYPES:
+            raise UsageError(f"--noise-type must be one of {', '.join(NOISE_TYPES)}, got {self.noise_type!r}")
+        try:
+            FrameWindows(self.context_length, self.context_stride, self.weighting_scheme)
+        except ValueError as error:  # the message starts with the field's name
+            name, _, rest = str(error).partition(" ")
+            raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
+
+    def apply_free_noise(self, pipe):
+        """Switch FreeNoise on with the request's options, or off (a pipeline serves many requests); the prompt
+        interpolation applies either way."""
+        from i2vgen.pipelines.prompt_schedule import INTERPOLATIONS
+
+        pipe.disable_free_noise()
+        if self.free_noise:
+            pipe.enable_free_noise(self.context_length, self.context_stride, self.weighting_scheme, self.noise_type)
+        pipe.set_prompt_interpolation(INTERPOLATIONS[self.prompt_interpolation])
 
     def _check_out(self):
         from i2vgen.video import check_output_path
@@ -274,9 +324,10 @@ def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback
     check_memory(pipe, request, height, width, verbose)
     released = pipe.scheduler  # the model's own; each video builds its sampler from its config
     pipe.scheduler, steps = build_sampler(released, request)
+    request.apply_free_noise(pipe)
     try:
         return pipe(
-            prompt=request.prompt, image=image, height=height, width=width, target_fps=request.fps,
+            prompt=request.prompt_schedule(), image=image, height=height, width=width, target_fps=request.fps,
             num_frames=request.frames, num_inference_steps=steps, guidance_scale=request.guidance,
             negative_prompt=request.negative_prompt, eta=request.eta, generator=torch.manual_seed(seed),
             output_type=output_type, callback_on_step_end=callback_on_step_end,

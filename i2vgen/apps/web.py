@@ -35,6 +35,7 @@ EXAMPLES = [  # the demo's first frames, with a prompt each
     (ASSETS / "landscape.png", "clouds drifting over the hills"),
 ]
 MAX_SEED = 2**31 - 1
+LONG_FRAMES = 128  # the most frames with "Long video" (FreeNoise) on; without it, the frames setting's maximum
 CSS = "#info pre, #info code { white-space: pre-wrap; }"  # the whole command in view
 log = logging.getLogger("i2vgen.app")
 
@@ -57,7 +58,8 @@ def model_settings(pipe, embedded: bool) -> dict[str, Setting]:
     # other models get the reference pipeline's defaults.
     frames, steps, guidance = (8, 25, 6.0) if embedded else (16, 50, 9.0)
     return {
-        "frames": Setting("Frames", 1, 32, frames),
+        "frames": Setting(f"Frames (up to {LONG_FRAMES} with Long video on)", 1, 32, frames),
+        "context_length": Setting("Long video: window in frames (the model's training length)", 2, 32, frames),
         "fps": Setting("Frames per second (a condition and the video's rate)", 1, 60, 16),
         "steps": Setting("Denoising steps", 1, 100, steps),
         "guidance": Setting("Guidance scale (1: no classifier-free guidance)", 1.0, 20.0, guidance, 0.5),
@@ -108,9 +110,11 @@ class AppModel:
             return None, f"**Not an image:** {str(error).replace(image['path'], name)}"
         return gr.skip(), ""
 
-    def check(self, name: str, value) -> float:
-        """`value` for setting `name`, or UsageError with the allowed range."""
+    def check(self, name: str, value, long_video: bool = False) -> float:
+        """`value` for setting `name`, or UsageError with the allowed range (more frames for a long video)."""
         s = self.settings[name]
+        if name == "frames" and long_video:
+            s = s._replace(maximum=LONG_FRAMES)
         whole = float(s.step).is_integer()
         allowed = (f"a multiple of {s.step:g} from {s.minimum:g} to {s.maximum:g}" if whole and s.step > 1 else
                    f"a whole number from {s.minimum:g} to {s.maximum:g}" if whole else
@@ -121,10 +125,12 @@ class AppModel:
         return int(value) if whole else float(value)
 
     def generate(self, image: dict | None, prompt: str, negative_prompt: str, settings: dict,
-                 seed: float | None = None, sampler: str = "ddim", session: str = "", progress=None):
+                 seed: float | None = None, sampler: str = "ddim", session: str = "", progress=None,
+                 long_video: bool = False, prompt_changes: str = ""):
         """Make one video. `image` is the uploaded file ({"path", "orig_name"}), `settings` the values of
-        `self.settings`, seed None or -1 for a random one. Returns (mp4 path, seed, equivalent command, notes: one
-        line each, e.g. the prompt was truncated)."""
+        `self.settings`, seed None or -1 for a random one; `long_video`: FreeNoise with the window
+        settings["context_length"]; `prompt_changes`: lines "FRAME: prompt". Returns (mp4 path, seed, equivalent
+        command, notes: one line each, e.g. the prompt was truncated)."""
         requested = time.monotonic()
         if not image or not image.get("path"):
             raise UsageError("Add a first frame: upload an image (or pick an example below the button).")
@@ -133,7 +139,8 @@ class AppModel:
             pil_image = read_image(image["path"])
         except UsageError as error:
             raise UsageError(str(error).replace(image["path"], name)) from None
-        values = {key: self.check(key, settings.get(key)) for key in self.settings}
+        values = {key: self.check(key, settings.get(key, setting.value), long_video)  # a missing one: its default
+                  for key, setting in self.settings.items()}
         if seed is None or seed == -1:
             seed = random.randrange(MAX_SEED)
         if isinstance(seed, bool) or not isinstance(seed, (int, float)) or not 0 <= seed <= MAX_SEED \
@@ -144,8 +151,15 @@ class AppModel:
         seed, steps = int(seed), values["steps"]
         # The video as `i2vgen generate` would make it: rendered and saved by the same code.
         video = VideoRequest(image=image["path"], prompt=prompt, negative_prompt=negative_prompt or None,
-                             scheduler=sampler, seed=seed, **values,
+                             scheduler=sampler, seed=seed, **values, free_noise=bool(long_video),
+                             prompt_at=[line for line in prompt_changes.splitlines() if line.strip()],
+                             context_stride=max(1, values["context_length"] // 4),  # diffusers' 16 / 4
                              out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
+        video.prompt_schedule()  # a bad line: one message before any model work
+        try:
+            video._check_free_noise()
+        except UsageError as error:
+            raise UsageError(str(error).replace("--context-length", "Window")) from None
 
         def on_step_end(pipe, step, t, tensors):
             if self._stopped_at.get(session, -1.0) > requested:
@@ -175,6 +189,11 @@ class AppModel:
                     "scheduler", "steps", "guidance", "height", "width", "seed", "out"):
             if options[key] is not None:
                 args += [f"--{key.replace('_', '-')}", str(options[key])]
+        for change in video.prompt_at:
+            args += ["--prompt-at", change]
+        if video.free_noise:
+            args += ["--free-noise", "--context-length", str(video.context_length),
+                     "--context-stride", str(video.context_stride)]
         return shlex.join(args)
 
 
@@ -183,12 +202,14 @@ def _generate_handler(app: AppModel):
     page (the server's log keeps the traceback)."""
     import gradio as gr
 
-    def run(image, prompt, negative_prompt, frames, fps, steps, guidance, height, width, seed, sampler,
-            request: gr.Request, progress=gr.Progress()):
-        settings = dict(frames=frames, fps=fps, steps=steps, guidance=guidance, height=height, width=width)
+    def run(image, prompt, negative_prompt, frames, fps, steps, guidance, height, width, seed, sampler, long_video,
+            context_length, prompt_changes, request: gr.Request, progress=gr.Progress()):
+        settings = dict(frames=frames, fps=fps, steps=steps, guidance=guidance, height=height, width=width,
+                        context_length=context_length)
         try:
             path, seed, command, notes = app.generate(image, prompt or "", negative_prompt or "", settings, seed,
-                                               sampler, request.session_hash, progress)
+                                                      sampler, request.session_hash, progress, long_video,
+                                                      prompt_changes or "")
         except UsageError as error:
             raise gr.Error(str(error), duration=None, print_exception=False) from None
         except Stopped:
@@ -223,7 +244,8 @@ def build_page(app: AppModel):
 
     def slider(name):
         s = app.settings[name]
-        return gr.Slider(s.minimum, s.maximum, value=s.value, step=s.step, label=s.label, elem_id=name)
+        maximum = LONG_FRAMES if name == "frames" else s.maximum  # the server checks the rest (AppModel.check)
+        return gr.Slider(s.minimum, maximum, value=s.value, step=s.step, label=s.label, elem_id=name)
 
     note = ("The embedded tiny demo model knows only 64x64 synthetic shapes moving left, right, up or down "
             "(try the red circle); run `i2vgen app --model ali-vilab/i2vgen-xl` for real videos."
@@ -245,6 +267,12 @@ def build_page(app: AppModel):
                     seed = gr.Number(-1, precision=0, label="Seed (-1: a random one)", elem_id="seed")
                     sampler = gr.Dropdown(sampler_names(), value="ddim", label="Sampler", elem_id="sampler",
                                           info=f"ddim: the model's own; fast: made for {FAST_STEPS} steps")
+                with gr.Accordion("Long video and prompt changes", open=False):
+                    long_video = gr.Checkbox(False, label="Long video (FreeNoise): more frames than the model "
+                                                          "was trained on", elem_id="long_video")
+                    context_length = slider("context_length")
+                    prompt_changes = gr.Textbox(label="Prompt changes, one a line: FRAME: prompt", lines=2,
+                                                placeholder="8: a red circle moving left", elem_id="prompt_changes")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, buttons=["download"], elem_id="video")
                 info = gr.Markdown(elem_id="info")
@@ -252,7 +280,8 @@ def build_page(app: AppModel):
         gr.Examples([[str(path), text] for path, text in examples if path.is_file()], inputs=[image, prompt])
         # preprocess=False: the handler gets the uploaded file's path and reads it itself, so an unreadable
         # file becomes our one-line message instead of Gradio's own processing error.
-        event = generate.click(run, [image, prompt, negative_prompt, *sliders, seed, sampler], [video, info],
+        event = generate.click(run, [image, prompt, negative_prompt, *sliders, seed, sampler, long_video,
+                                     context_length, prompt_changes], [video, info],
                                preprocess=False, concurrency_limit=1, api_name="generate")
         stop_button.click(stop, None, [video, info], cancels=[event], queue=False)
         page.unload(leave)

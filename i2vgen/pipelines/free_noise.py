@@ -41,16 +41,21 @@ class FreeNoiseMixin:
         windows = FrameWindows(context_length, context_stride, weighting_scheme)  # checks the three
         if noise_type not in NOISE_TYPES:
             raise ValueError(f"noise_type must be one of {', '.join(NOISE_TYPES)}; got {noise_type!r}")
-        if prompt_interpolation_callback is not None and not callable(prompt_interpolation_callback):
-            raise TypeError(f"prompt_interpolation_callback must be callable or None; got "
-                            f"{type(prompt_interpolation_callback).__name__}")
+        self.set_prompt_interpolation(prompt_interpolation_callback)
         self._free_noise, self._free_noise_noise_type = windows, noise_type
-        self._prompt_interpolation_callback = prompt_interpolation_callback
         self.unet.enable_frame_windows(windows)
 
     def disable_free_noise(self):
-        self._free_noise, self._prompt_interpolation_callback = None, None
+        """Attention over all frames and independent noise again (prompt dicts keep working)."""
+        self._free_noise = None
         self.unet.enable_frame_windows(None)
+
+    def set_prompt_interpolation(self, callback=None):
+        """How `{frame: prompt}` dicts blend between two given frames: callback(start_frame, end_frame, start, end)
+        (see enable_free_noise); None: linear (`prompt_schedule.lerp`); `prompt_schedule.hold` cuts instead."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"prompt_interpolation_callback must be callable or None; got {type(callback).__name__}")
+        self._prompt_interpolation_callback = callback
 
     @property
     def free_noise_enabled(self) -> bool:

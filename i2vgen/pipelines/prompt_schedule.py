@@ -31,6 +31,14 @@ def lerp(start_frame: int, end_frame: int, start: torch.Tensor, end: torch.Tenso
     return torch.lerp(start, end, weights[:, None, None])
 
 
+def hold(start_frame: int, end_frame: int, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """No blending: each prompt holds until the frame the next one is given at (a cut between prompts)."""
+    return torch.cat([start.expand(end_frame - start_frame, *start.shape[1:]), end])
+
+
+INTERPOLATIONS = {"linear": lerp, "hold": hold}  # by name, for the applications
+
+
 def per_frame_embeddings(frames: list[int], embeddings: torch.Tensor, num_frames: int, interpolate=lerp
                          ) -> torch.Tensor:
     """The embeddings (K, S, D) of the prompts at `frames` (sorted, starting at 0) -> (num_frames, S, D)."""
