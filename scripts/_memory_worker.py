@@ -139,6 +139,8 @@ def ours_stages(pipe, call: dict) -> dict:
     pipe.enable_sequential_guidance(call["guidance"] == "sequential")
     # Set after the guidance mode, which switches chunking on with it: the plan measures each option alone.
     pipe.unet.enable_forward_chunking() if call["forward_chunking"] else pipe.unet.disable_forward_chunking()
+    if call.get("free_noise"):  # long videos: windows of 16 frames, 4 apart (docs/long_videos.md)
+        pipe.enable_free_noise(context_length=16, context_stride=4)
     if call["vae_tiling"]:
         pipe.vae.enable_tiling()
     out = {}
@@ -250,12 +252,16 @@ def add_call_arguments(p: argparse.ArgumentParser):
     p.add_argument("--decode-chunk-size", type=int, default=1)
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--forward-chunking", action="store_true", help="unet.enable_forward_chunking()")
+    p.add_argument("--free-noise", action="store_true", help="pipe.enable_free_noise() (ours only)")
 
 
 def call_of(args) -> dict:
     keys = ("config", "height", "width", "num_frames", "num_inference_steps", "guidance_scale", "dtype", "guidance",
             "decode_chunk_size", "vae_tiling", "forward_chunking")
-    return {k: getattr(args, k) for k in keys}
+    call = {k: getattr(args, k) for k in keys}
+    if args.free_noise:  # only when on, so that the cached results of the other calls keep their keys
+        call["free_noise"] = True
+    return call
 
 
 def main():

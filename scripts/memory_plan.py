@@ -3,6 +3,7 @@
     python scripts/memory_plan.py                                  # the default call (1280x704, 16 frames, fp16)
     python scripts/memory_plan.py --offload --guidance sequential --forward-chunking --num-frames 32
     python scripts/memory_plan.py --docs                           # the configurations in docs/performance.md
+    python scripts/memory_plan.py --long-videos                    # 16-128 frames, FreeNoise (docs/long_videos.md)
 
 No GPU is needed: scripts/_memory_worker.py builds each side's pipeline on fake tensors (real shapes and dtypes,
 no data; UNet 1.42 B, SD 2.1 VAE, OpenCLIP ViT-H/14 towers) and runs every stage of a call under MemTracker, in
@@ -136,6 +137,25 @@ def run_config(label: str, call: dict, offload: bool, args) -> str:
     return table(label, results.get("ours"), results.get("ref"), notes)
 
 
+LONG_FRAMES = (16, 32, 64, 128)
+
+
+def long_video_table(args) -> str:
+    """Our whole call's peak with the memory options, for 16 to 128 frames, without and with FreeNoise."""
+    lines = ["| frames | plain: peak GiB (denoising step / decode) | FreeNoise (16 / 4): peak GiB (step / decode) |",
+             "|---|---|---|"]
+    for frames in LONG_FRAMES:
+        cells = []
+        for free_noise in (False, True):
+            call = dict(call_of(args), **{k: v for k, v in MEMORY_OPTIONS.items() if k != "offload"},
+                        num_frames=frames, **({"free_noise": True} if free_noise else {}))
+            p = plan(measure("ours", call, args.ours_python, args.fresh), offload=True)
+            cells.append(f"{p['call']['peak'] / GIB:.2f} ({p['step']['peak'] / GIB:.2f} / "
+                         f"{p['decode']['peak'] / GIB:.2f})")
+        lines.append(f"| {frames} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_docs(text: str):
     begin, end = "<!-- memory plan -->", "<!-- /memory plan -->"
     docs = DOCS.read_text()
@@ -154,8 +174,12 @@ def main():
     p.add_argument("--ref-python", default="/work/venv-ref/bin/python")
     p.add_argument("--fresh", action="store_true", help="measure again even when a cached result exists")
     p.add_argument("--docs", action="store_true", help="the configurations of docs/performance.md, written there")
+    p.add_argument("--long-videos", action="store_true", help="16-128 frames with the memory options, plain and "
+                                                              "FreeNoise (the table in docs/long_videos.md)")
     args = p.parse_args()
-    if args.docs:
+    if args.long_videos:
+        text = long_video_table(args)
+    elif args.docs:
         base = call_of(args)
         text = "\n".join(run_config(label, dict(base, **{k: v for k, v in opts.items() if k != "offload"}),
                                     opts.get("offload", False), args) for label, opts in DOC_CONFIGS)
