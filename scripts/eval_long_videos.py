@@ -109,10 +109,10 @@ def use(pipe, method: str, interpolation: str = "linear"):
     pipe.set_prompt_interpolation(INTERPOLATIONS[interpolation])
 
 
-def evaluate(pipe, per_direction: int, seed: int) -> tuple[dict, dict]:
+def evaluate(pipe, per_direction: int, seed: int, split: str = "eval") -> tuple[dict, dict]:
     """All trials' measurements, and the example videos (the first trial of "right" and of "down")."""
     rng = np.random.default_rng(seed)  # as eval_demo: held-out first frames, the same draws
-    specs = [sample_spec(rng, "eval", direction=d) for d in DIRECTIONS for _ in range(per_direction)]
+    specs = [sample_spec(rng, split, direction=d) for d in DIRECTIONS for _ in range(per_direction)]
     results, examples = {"switching": {}, "single": {}}, {}
     caption = lambda spec, d: spec.caption.rsplit(" ", 1)[0] + f" {d}"  # noqa: E731  "a red circle moving" + d
     for interpolation in ("hold", "linear"):
@@ -167,11 +167,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1234)  # eval_demo's
     parser.add_argument("--json", type=Path)
     parser.add_argument("--gifs", type=Path, help="write side-by-side GIFs (plain | FreeNoise) into this folder")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval",
+                        help="first frames from the held-out split (default) or, to compare settings without "
+                             "looking at the held-out frames, from the training split")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another FreeNoise setting than SETTINGS', e.g. context_stride=4 (for --split train)")
     args = parser.parse_args(argv)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        SETTINGS[key] = int(value) if value.isdigit() else value
     torch.set_num_threads(1)
     pipe = I2VGenXLPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    results, examples = evaluate(pipe, args.per_direction, args.seed)
+    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split)
     report = summary(results)
     print(json.dumps(report, indent=2))
     if args.json:

@@ -46,6 +46,15 @@ def error_of(capsys, *args, image=IMAGE, prompt="a house"):
     (["--frames", "0"], "--frames must be at least 1"),
     (["--out", "video.avi"], "--out must end in .gif or .mp4"),
     (["--out", "no/such/folder/v.gif"], "output folder does not exist"),
+    # long videos (FreeNoise) and prompt changes
+    (["--prompt-at", "0:a tree"], "--prompt-at must be FRAME:TEXT with FRAME from 1 to 2 (frame 0 is --prompt's)"),
+    (["--prompt-at", "a tree"], "--prompt-at must be FRAME:TEXT"),
+    (["--prompt-at", "1:a", "--prompt-at", "1:b"], "--prompt-at gives frame 1 twice"),
+    (["--prompt-interpolation", "cubic"], "--prompt-interpolation must be one of linear, hold"),
+    (["--context-length", "0"], "--context-length must be a positive int"),
+    (["--context-stride", "20"], "--context-stride (20) must be at most context_length (16)"),
+    (["--weighting-scheme", "linear"], "--weighting-scheme must be one of flat, pyramid, delayed_reverse_sawtooth"),
+    (["--noise-type", "fresh"], "--noise-type must be one of shuffle_context, repeat_context, random"),
 ])
 def test_bad_arguments(capsys, args, message):
     code, line = error_of(capsys, *args)
@@ -155,21 +164,6 @@ def test_free_noise_and_prompt_changes_on_the_command_line(tmp_path):
     with PIL.Image.open(tmp_path / "api.gif") as gif:
         gif.seek(6)
         assert np.array_equal(shown, np.asarray(gif.convert("RGB"), dtype=int))
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--prompt-at", "0:a tree"], "--prompt-at must be FRAME:TEXT with FRAME from 1 to 2 (frame 0 is --prompt's)"),
-    (["--prompt-at", "a tree"], "--prompt-at must be FRAME:TEXT"),
-    (["--prompt-at", "1:a", "--prompt-at", "1:b"], "--prompt-at gives frame 1 twice"),
-    (["--prompt-interpolation", "cubic"], "--prompt-interpolation must be one of linear, hold"),
-    (["--context-length", "0"], "--context-length must be a positive int"),
-    (["--context-stride", "20"], "--context-stride (20) must be at most context_length (16)"),
-    (["--weighting-scheme", "linear"], "--weighting-scheme must be one of flat, pyramid, delayed_reverse_sawtooth"),
-    (["--noise-type", "fresh"], "--noise-type must be one of shuffle_context, repeat_context, random"),
-])
-def test_bad_long_video_arguments(capsys, args, message):
-    code, line = error_of(capsys, *args)
-    assert code == 2 and line.startswith("i2vgen: error:") and message in line
 
 
 def test_job_file_keys_for_long_videos(tmp_path):
