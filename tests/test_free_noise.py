@@ -169,12 +169,12 @@ def test_noise_rescheduling(tiny_pipe64, noise_type):
     """Frames past the first window re-use its noise: repeated, or each block of `stride` frames a permutation of
     the block `length` frames earlier; "random" is the plain noise; a video of one window is never changed."""
     pipe, length, stride, frames = tiny_pipe64, 4, 3, 11
-    plain = pipe.prepare_latents(1, frames, 32, 32, torch.float64, torch.Generator().manual_seed(0))
-    plain_short = pipe.prepare_latents(1, length, 32, 32, torch.float64, torch.Generator().manual_seed(0))
+    plain = pipe.prepare_latents(1, 4, frames, 32, 32, torch.float64, "cpu", torch.Generator().manual_seed(0))
+    plain_short = pipe.prepare_latents(1, 4, length, 32, 32, torch.float64, "cpu", torch.Generator().manual_seed(0))
     pipe.enable_free_noise(context_length=length, context_stride=stride, noise_type=noise_type)
     try:
-        noise = pipe.prepare_latents(1, frames, 32, 32, torch.float64, torch.Generator().manual_seed(0))
-        short = pipe.prepare_latents(1, length, 32, 32, torch.float64, torch.Generator().manual_seed(0))
+        noise = pipe.prepare_latents(1, 4, frames, 32, 32, torch.float64, "cpu", torch.Generator().manual_seed(0))
+        short = pipe.prepare_latents(1, 4, length, 32, 32, torch.float64, "cpu", torch.Generator().manual_seed(0))
     finally:
         pipe.disable_free_noise()
     assert torch.equal(short, plain_short) and torch.equal(noise[:, :, :length], plain[:, :, :length])

@@ -25,6 +25,9 @@ def check_call(scheduler, prompt, image, height, width, num_frames, num_inferenc
     """The pipeline call's arguments that need no model: sizes, counts, texts and their pairing, output type."""
     check_inputs(prompt, image, height, width, negative_prompt, prompt_embeds, negative_prompt_embeds)
     check_int("num_frames", num_frames, 1)
+    for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if isinstance(texts, dict):
+            check_prompt_schedule(name, texts, num_frames)
     check_int("num_inference_steps", num_inference_steps, 1)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -46,8 +49,7 @@ def check_inputs(prompt, image, height, width, negative_prompt=None, prompt_embe
     for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if texts is None:
             continue
-        if isinstance(texts, dict):  # prompts that change over time (prompt_schedule.py)
-            check_prompt_schedule(name, texts, num_frames)
+        if isinstance(texts, dict):  # prompts that change over time (prompt_schedule.py; checked in check_call)
             if not isinstance(prompt, (str, dict)):
                 raise ValueError(f"{name} as a {{frame: prompt}} dict needs prompt to be one string or dict")
             continue
