@@ -96,7 +96,7 @@ class VideoRequest:
                 raise UsageError(f"--{option} is required")
         self._check_numbers()
         self.prompt_schedule()
-        self._check_free_noise()
+        self.check_long_video()
         for option in ("height", "width"):
             value = getattr(self, option)
             if value is not None and (value < 8 or value % 8):
@@ -135,7 +135,8 @@ class VideoRequest:
             schedule[int(frame)] = check_text("--prompt-at", text).strip()
         return self.prompt if len(schedule) == 1 else schedule
 
-    def _check_free_noise(self):
+    def check_long_video(self):
+        """The prompt interpolation and FreeNoise options, one UsageError naming the option."""
         from i2vgen.models.frame_windows import FrameWindows
         from i2vgen.pipelines.free_noise import NOISE_TYPES
         from i2vgen.pipelines.prompt_schedule import INTERPOLATIONS

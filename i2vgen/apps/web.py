@@ -157,7 +157,7 @@ class AppModel:
                              out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
         video.prompt_schedule()  # a bad line: one message before any model work
         try:
-            video._check_free_noise()
+            video.check_long_video()
         except UsageError as error:
             raise UsageError(str(error).replace("--context-length", "Window")) from None
 
