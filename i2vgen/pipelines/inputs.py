@@ -54,8 +54,8 @@ def check_inputs(prompt, image, height, width, negative_prompt=None, prompt_embe
                 raise ValueError(f"{name} as a {{frame: prompt}} dict needs prompt to be one string or dict")
             continue
         if not (isinstance(texts, str) or (isinstance(texts, list) and texts)):
-            raise TypeError(f"{name} must be a string, a non-empty list of strings or a {{frame: prompt}} dict, "
-                            f"got {texts!r}")
+            raise TypeError(f"{name} must be a string or a non-empty list of strings, got {texts!r} (or, for one "
+                            f"video, a {{frame: prompt}} dict)")
         for text in [texts] if isinstance(texts, str) else texts:
             check_text(f"{name} entries" if isinstance(texts, list) else name, text)
     if negative_prompt is not None and negative_prompt_embeds is not None:
