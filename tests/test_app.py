@@ -347,8 +347,8 @@ def test_long_video_and_prompt_changes(app, tmp_path):
         app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0)
     with pytest.raises(UsageError, match="--prompt-at must be FRAME:TEXT"):
         app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0, long_video=True, prompt_changes="soon: stop")
-    path, seed, command = app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0, long_video=True,
-                                       prompt_changes="20: a red circle moving left\n")
+    path, seed, command, _ = app.generate(upload(RED_CIRCLE), PROMPT, "", settings, 0, long_video=True,
+                                          prompt_changes="20: a red circle moving left\n")
     args = shlex.split(command)
     assert "--free-noise" in args and args[args.index("--prompt-at") + 1] == "20: a red circle moving left"
     args[args.index("--image") + 1] = str(RED_CIRCLE)
