@@ -22,6 +22,7 @@ _EXPORTS = {
     "EulerDiscreteScheduler": "i2vgen.schedulers.euler",
     "PowerUniPCScheduler": "i2vgen.schedulers.fast",
     "fast_scheduler": "i2vgen.schedulers.fast",
+    "CacheConfig": "i2vgen.models.cache",  # feature caching across steps (I2VGenXLUNet.enable_cache)
     "I2VGenXLPipeline": "i2vgen.compat.pipeline",  # i2vgen.pipelines.ImageToVideoPipeline plus diffusers' API
 }
 

@@ -29,6 +29,7 @@ from torch import nn
 from i2vgen.checks import check_real
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.attention import Attention
+from i2vgen.models.cache import CacheConfig, StepCache
 from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
 from i2vgen.models.frame_windows import FrameWindows
@@ -220,6 +221,7 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         self.conv_norm_out = nn.GroupNorm(norm_groups, channels[0], eps=1e-5)
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
         self.gradient_checkpointing = None  # the checkpoint function while enabled (enable_gradient_checkpointing)
+        self.step_cache = None  # a StepCache while caching across steps is enabled (enable_cache)
 
     def _add_condition_encoders(self, c0: int, temb_dim: int):
         """Conditioning: timestep and fps embeddings, context tokens, image-latent features."""
@@ -285,6 +287,20 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         if self.gradient_checkpointing is not None and torch.is_grad_enabled():
             return self.gradient_checkpointing(block, *args)
         return block(*args)
+
+    def enable_cache(self, config: CacheConfig | None = None):
+        """Reuse features across denoising steps (models/cache.py: DeepCache and the guidance difference): a full
+        pass every `config.cache_interval` calls per condition, cheaper calls in between. Approximate; off by
+        default. The pipeline clears the cache at the start of every call."""
+        self.step_cache = StepCache(config or CacheConfig(), len(self.down_blocks))
+
+    def disable_cache(self):
+        self.step_cache = None
+
+    def clear_cache(self):
+        """Forget every cached feature (the next call with each condition is a full pass)."""
+        if self.step_cache is not None:
+            self.step_cache.clear()
 
     def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0):
         """Run the per-frame layers `chunk_size` frames at a time (default 1) and the temporal transformer
@@ -368,6 +384,10 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
     def _predict(self, sample: torch.Tensor, timestep, condition: UNetCondition) -> torch.Tensor:
         """Stages 1 and 5-9: the prediction (v for the released model) for every row of the condition."""
         batch, _, frames, _, _ = sample.shape
+        # Caching across steps (models/cache.py): what this call runs and reuses; None: everything, as always.
+        plan = self.step_cache.plan(condition) if self.step_cache is not None else None
+        if plan is not None and plan.conditional_only:  # the unconditional rows come from the cache (plan.finish)
+            condition = UNetCondition(condition.fps_emb[batch:], condition.context[batch:], condition.image_latents)
         rows_per_sample = condition.context.shape[0] // batch  # 2 with guidance (see UNetCondition)
 
         # 1. Time: sinusoids -> MLP, plus the fps embedding (stage 2), one copy per frame.
@@ -388,22 +408,36 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         x = self.transformer_in(x, num_frames=frames)
         x = x.repeat(rows_per_sample, 1, 1, 1)  # ((k b f), c, h, w): group-major, as the context's rows
 
+        # 6-8. Down, mid, up over `levels` levels: all of them, or the shallowest ones in a cached call.
+        levels = len(self.down_blocks) if plan is None else plan.levels
+        x = self._down_mid_up(x, emb, frames, context, levels, plan)
+
+        # 9. Out.
+        x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        out = rearrange(x, "(r f) c h w -> r c f h w", f=frames)
+        return out if plan is None else plan.finish(out)
+
+    def _down_mid_up(self, x, emb, frames: int, context, levels: int, plan) -> torch.Tensor:
+        """Stages 6-8 on the shallowest `levels` levels (the mid block only when all run). A cached call takes the
+        features entering up block `plan.up_index` from the cache; the full pass before it stored them."""
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
-        for block in self.down_blocks:
+        for block in self.down_blocks[:levels]:
             x, block_skips = self._run_block(block, x, emb, frames, context)
             skips.extend(block_skips)
 
         # 7. Mid.
-        x = self._run_block(self.mid_block, x, emb, frames, context)
+        if levels == len(self.down_blocks):
+            x = self._run_block(self.mid_block, x, emb, frames, context)
 
         # 8. Up: each block takes as many skips as it has layers, and upsamples to the next skip's size
         # (so latent sizes that are not multiples of 2^levels come back to their size).
-        for block in self.up_blocks:
+        up_blocks = self.up_blocks[len(self.up_blocks) - levels:]
+        skips = skips[:sum(len(block.resnets) for block in up_blocks)]  # all of them unless cached
+        for index, block in enumerate(up_blocks, start=len(self.up_blocks) - levels):
+            if plan is not None and index == plan.up_index:
+                x = plan.deep_features(x)
             block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
             upsample_size = skips[-1].shape[-2:] if block.upsamplers is not None else None
             x = self._run_block(block, x, block_skips, emb, frames, context, upsample_size)
-
-        # 9. Out.
-        x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return rearrange(x, "(r f) c h w -> r c f h w", f=frames)
+        return x

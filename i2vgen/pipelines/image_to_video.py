@@ -301,15 +301,20 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
         return rearrange(latents, "(b f) c h w -> b c f h w", b=batch)
 
     def _sample(self, latents, conditions, guidance_scale: float, eta: float, generator, callback_on_step_end):
-        """x_T -> x_0: at each of the scheduler's timesteps, predict (`_predict`) and step (`_step`)."""
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
-            latents = self._step(pred, t, latents, eta, generator)
-            if callback_on_step_end is not None:
-                result = check_callback_result(callback_on_step_end(self, i, t, {"latents": latents}))
-                latents = result.get("latents", latents)
-                if result.get("stop"):
-                    break
+        """x_T -> x_0: at each of the scheduler's timesteps, predict (`_predict`) and step (`_step`). A UNet with
+        caching across steps enabled (unet.enable_cache) starts and ends the call with an empty cache."""
+        self.unet.clear_cache()
+        try:
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                pred = self._predict(self.scheduler.scale_model_input(latents, t), t, conditions, guidance_scale)
+                latents = self._step(pred, t, latents, eta, generator)
+                if callback_on_step_end is not None:
+                    result = check_callback_result(callback_on_step_end(self, i, t, {"latents": latents}))
+                    latents = result.get("latents", latents)
+                    if result.get("stop"):
+                        break
+        finally:
+            self.unet.clear_cache()  # frees the cached features
         return latents
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
