@@ -119,3 +119,21 @@ def test_branch_beyond_the_levels_is_one_line():
     with pytest.raises(ValueError, match="cache_branch_id must be below the UNet's 3 levels") as info:
         three_level_unet().enable_cache(CacheConfig(cache_branch_id=3))
     assert "\n" not in str(info.value)
+
+
+def test_default_steps_are_the_schedulers_recommended(tiny_pipe64):
+    """num_inference_steps None: DDIM's 50 (the reference's default), then enable_fast_sampling's sampler and count
+    with the cache on; disable_fast_sampling restores the scheduler and turns the cache off."""
+    pipe, released = tiny_pipe64, tiny_pipe64.scheduler
+    stop = lambda *args: {"stop": True}  # noqa: E731  (one step is enough to see the schedule)
+    call = dict(num_inference_steps=None, output_type="latent", callback_on_step_end=stop)
+    run_demo(pipe, **call)
+    assert len(pipe.scheduler.timesteps) == 50
+    pipe.enable_fast_sampling()
+    try:
+        run_demo(pipe, **call)
+        assert type(pipe.scheduler).__name__ == "PowerUniPCScheduler" and pipe.unet.step_cache is not None
+        assert len(pipe.scheduler.timesteps) == pipe.scheduler.recommended_steps == 15
+    finally:
+        pipe.disable_fast_sampling()
+    assert pipe.scheduler is released and pipe.unet.step_cache is None

@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("I2VGEN_FIXTURES", Path(__file__).parent / "fixtures"))
 API = json.loads((FIXTURES / "pipeline_api" / "api.json").read_text())
 # Defaults that deliberately differ, with the reason: None means the model's own size (`default_size`), which for
-# the released model is the reference's 704 x 1280 and for a smaller model its size.
-DEFAULT_DIFFERENCES = {("__call__", "height"), ("__call__", "width")}
+# the released model is the reference's 704 x 1280 and for a smaller model its size; num_inference_steps None means
+# the scheduler's recommended count (issue 23): the reference's 50 for DDIM, the fast sampler's own count after
+# enable_fast_sampling() (test_default_steps_are_the_schedulers_recommended).
+DEFAULT_DIFFERENCES = {("__call__", "height"), ("__call__", "width"), ("__call__", "num_inference_steps")}
 # CLIP text encoder, transformers 5 (ours) vs 4.57 (the recording): measured max |difference| 0 on this machine;
 # 1e-5 leaves room for float32 summation order on other CPUs (activations of size ~1).
 TEXT_ATOL = 1e-5

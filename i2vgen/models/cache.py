@@ -57,13 +57,14 @@ class _Entry:
 
 
 class StepPlan:
-    """What one UNet call runs: `levels` down/up levels (all of them in a full pass), whether only the conditional
-    rows run, and the exchange with the cache at up block `up_index`."""
+    """What one UNet call runs: `levels` down/up levels (all of them in a full pass), the mid block or not
+    (`reads_deep`), whether only the conditional rows run, and the exchange with the cache at up block `up_index`."""
 
     def __init__(self, entry: _Entry, full: bool, levels: int, branch_id: int | None, cache_guidance: bool):
         self.entry, self.full = entry, full
         self.up_index = None if branch_id is None else levels - 1 - branch_id
-        self.levels = levels if full or branch_id is None else branch_id + 1
+        self.reads_deep = not full and branch_id is not None  # the deep blocks and the mid block are skipped
+        self.levels = branch_id + 1 if self.reads_deep else levels
         condition = entry.condition
         self.store_guidance = full and cache_guidance and condition.context.shape[0] == 2 * len(condition.image_latents)
         self.conditional_only = not full and cache_guidance and entry.guidance is not None

@@ -418,8 +418,8 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         return out if plan is None else plan.finish(out)
 
     def _down_mid_up(self, x, emb, frames: int, context, levels: int, plan) -> torch.Tensor:
-        """Stages 6-8 on the shallowest `levels` levels (the mid block only when all run). A cached call takes the
-        features entering up block `plan.up_index` from the cache; the full pass before it stored them."""
+        """Stages 6-8 on the shallowest `levels` levels. A cached call skips the mid block and takes the features
+        entering up block `plan.up_index` from the cache; the full pass before it stored them."""
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
         for block in self.down_blocks[:levels]:
@@ -427,7 +427,7 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
             skips.extend(block_skips)
 
         # 7. Mid.
-        if levels == len(self.down_blocks):
+        if plan is None or not plan.reads_deep:
             x = self._run_block(self.mid_block, x, emb, frames, context)
 
         # 8. Up: each block takes as many skips as it has layers, and upsamples to the next skip's size

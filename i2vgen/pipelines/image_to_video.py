@@ -31,6 +31,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from i2vgen.checks import check_device
 from i2vgen.loading import (COMPONENTS, check_model_index, check_variant, component_dtype, component_variants,
                             local_folder, save_components)
+from i2vgen.models.cache import CacheConfig
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.noise import randn_tensor
@@ -44,8 +45,12 @@ from i2vgen.outputs import BaseOutput
 from i2vgen.preprocess import clip_pixel_values, postprocess_video, to_pil_images, vae_pixel_values
 from i2vgen.schedulers import load_scheduler
 from i2vgen.schedulers.ddim import DDIMScheduler
+from i2vgen.schedulers.fast import PowerUniPCScheduler, fast_scheduler
 
 __all__ = ["ImageToVideoPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor", "randn_tensor"]
+
+# enable_fast_sampling's cache, chosen on training clips of the tiny demo (docs/sampling.md, scripts/sampler_study.py)
+FAST_CACHE = CacheConfig(cache_interval=2, cache_branch_id=0, cache_guidance=True)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
         self._sequential_hooks = []
         self._sequential_guidance = False
         self._cfg_exchange = None
+        self._scheduler_before_fast = None  # what disable_fast_sampling restores
 
     # ---- loading, saving, placement ----
 
@@ -184,6 +190,26 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
 
     def disable_vae_tiling(self):
         self.vae.disable_tiling()
+
+    # ---- speed switch (approximate: changes the video) ----
+
+    def enable_fast_sampling(self, cache: CacheConfig | None = FAST_CACHE):
+        """The fastest measured setting at the released DDIM-50's quality on the tiny demo (docs/sampling.md): the
+        fitted few-step sampler (`fast_scheduler`) at its recommended step count, which calls without
+        num_inference_steps then use, and caching across steps (`unet.enable_cache(cache)`; None: no cache).
+        `disable_fast_sampling()` restores the scheduler and turns the cache off."""
+        if not isinstance(self.scheduler, PowerUniPCScheduler):
+            self._scheduler_before_fast = self.scheduler
+        self.scheduler = fast_scheduler(self.scheduler.config)
+        if cache is None:
+            self.unet.disable_cache()
+        else:
+            self.unet.enable_cache(cache)
+
+    def disable_fast_sampling(self):
+        if self._scheduler_before_fast is not None:
+            self.scheduler, self._scheduler_before_fast = self._scheduler_before_fast, None
+        self.unet.disable_cache()
 
     # ---- conditioning ----
 
@@ -332,7 +358,7 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
 
     @torch.no_grad()
     def __call__(self, prompt=None, image=None, height: int | None = None, width: int | None = None,
-                 target_fps: int = 16, num_frames: int = 16, num_inference_steps: int = 50,
+                 target_fps: int = 16, num_frames: int = 16, num_inference_steps: int | None = None,
                  guidance_scale: float = 9.0, negative_prompt=None, eta: float = 0.0,
                  num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1, generator=None, latents=None,
                  prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil",
@@ -340,7 +366,8 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
                  callback_on_step_end=None):
         """Generate `num_videos_per_prompt` videos per prompt from `image` (one for all prompts, or one per
         prompt); height / width None: the model's size (`default_size`; 704 x 1280 for the released model). Returns
-        `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when return_dict is False.
+        `I2VGenXLPipelineOutput(frames)`, or `(frames,)` when return_dict is False. num_inference_steps None: the
+        scheduler's `recommended_steps` (50 for DDIM, as the reference's default; 15 for `enable_fast_sampling`).
 
         cross_attention_kwargs={"scale": s} scales the loaded LoRA adapters by s for this call (diffusers' convention;
         the reference pipeline ignores it). callback_on_step_end(pipe, step, t, {"latents": latents}) runs after
@@ -349,6 +376,8 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
         # 1. check the inputs; P prompts x num_videos_per_prompt = B videos
         height = self.default_size[0] if height is None else height
         width = self.default_size[1] if width is None else width
+        if num_inference_steps is None:
+            num_inference_steps = getattr(self.scheduler, "recommended_steps", 50)  # also schedulers of other libraries
         check_call(self.scheduler, prompt, image, height, width, num_frames, num_inference_steps, negative_prompt,
                    prompt_embeds, negative_prompt_embeds, output_type, eta)
         check_call_numbers(self.text_encoder.config.num_hidden_layers, target_fps, guidance_scale, eta,

@@ -190,6 +190,7 @@ class SchedulerMixin:
     config_class: type
     config_name = CONFIG_NAME
     order = 1  # model evaluations per step
+    recommended_steps = 50  # what a pipeline call without num_inference_steps uses (the released DDIM's 50)
     _deprecated_kwargs = ()  # diffusers' name for constructor keys kept only for old configs: none here
     begin_index = None
 

@@ -42,6 +42,7 @@ class PowerUniPCScheduler(UniPCMultistepScheduler):
     """UniPCMultistepScheduler whose timesteps follow t_i = round(T (1 - i/n)^rho) - 1 (module docstring)."""
 
     config_class = PowerUniPCSchedulerConfig
+    recommended_steps = FAST_STEPS
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         super().set_timesteps(num_inference_steps, device)  # checks, state and the trailing schedule (rho = 1)
