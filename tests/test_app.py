@@ -102,13 +102,13 @@ def test_missing_and_unreadable_images(app, tmp_path):
     assert str(error.value).startswith("cannot read image holiday.png: ") and "upload123" not in str(error.value)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "unipc"])
+@pytest.mark.parametrize("sampler", ["ddim", "unipc", "fast"])  # fast: enable_fast_sampling, shown as --fast
 def test_the_shown_command_makes_the_same_video(app, tmp_path, sampler):
     path, seed, command, _ = app.generate(upload(RED_CIRCLE), PROMPT, "blurry", {**FAST, "frames": 3}, seed=None,
                                        sampler=sampler)
     args = shlex.split(command)
     assert args[:2] == ["i2vgen", "generate"] and args[args.index("--seed") + 1] == str(seed)
-    assert ("--scheduler" in args) == (sampler != "ddim")
+    assert ("--scheduler" in args) == (sampler == "unipc") and ("--fast" in args) == (sampler == "fast")
     args[args.index("--image") + 1] = str(RED_CIRCLE)
     args[args.index("--out") + 1] = str(tmp_path / "cli.mp4")
     assert main(args[1:]) == 0

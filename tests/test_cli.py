@@ -75,7 +75,7 @@ def test_fast_and_scheduler(tmp_path, capsys):
     small = ["--frames", "2", "--height", "32", "--width", "32", "--seed", "1"]
     assert main(["generate", "--image", str(IMAGE), "--prompt", "a house", "--fast", *small,
                  "--out", str(tmp_path / "fast.gif")]) == 0
-    assert "Sampler: fast, 15 steps" in capsys.readouterr().err
+    assert "Sampler: fast, 15 steps, cached" in capsys.readouterr().err
     assert generate("--scheduler", "unipc:solver_order=3,solver_type=bh1", "--out", str(tmp_path / "u.gif")) == 0
     assert "Sampler: unipc, 2 steps" in capsys.readouterr().err
 

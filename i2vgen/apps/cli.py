@@ -39,7 +39,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                      help="sampler: ddim (the model's own, default), unipc, dpm++, sde-dpm++, euler (these with "
                           "trailing spacing) or fast; optional config options, e.g. unipc:solver_order=3")
     gen.add_argument("--fast", action="store_true",
-                     help="the recommended few-step sampler at its step count (same as --scheduler fast --steps 15)")
+                     help="pipe.enable_fast_sampling(): the few-step sampler at its step count (15) with caching "
+                          "across steps (approximate; docs/sampling.md)")
     gen.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale (default: 9.0)")
     gen.add_argument("--frames", type=int, default=16, help="number of frames (default: 16)")
     gen.add_argument("--fps", type=int, default=16, help="frames per second: a condition and the file's rate "
@@ -122,7 +123,8 @@ def generate(args) -> Path:
         return generate_in_pairs(options, request, image, seed)
     start = time.perf_counter()
     pipe = load_pipeline(options)
-    print(f"Sampler: {request.sampler()[0]}, {request.steps} steps", file=sys.stderr)
+    print(f"Sampler: {request.sampler()[0]}, {request.steps} steps{', cached' if request.fast else ''}",
+          file=sys.stderr)
     frames = render(pipe, request, image, seed, verbose=True)
     save_video(frames, request)
     height, width = frames.shape[1:3]

@@ -63,7 +63,7 @@ class VideoRequest:
     steps: int | None = None
     guidance: float = 9.0
     scheduler: str = "ddim"  # NAME[:KEY=VALUE,...], see parse_scheduler
-    fast: bool = False  # the few-step sampler at its step count
+    fast: bool = False  # pipe.enable_fast_sampling(): the few-step sampler at its step count, with caching
     seed: int | None = None  # None: the caller draws one
     eta: float = 0.0  # DDIM only
     force: bool = False  # render even when the memory estimate says it will not fit
@@ -325,6 +325,8 @@ def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback
     check_memory(pipe, request, height, width, verbose)
     released = pipe.scheduler  # the model's own; each video builds its sampler from its config
     pipe.scheduler, steps = build_sampler(released, request)
+    if request.fast:
+        pipe.enable_fast_sampling()  # the same fast sampler, and caching across steps
     request.apply_free_noise(pipe)
     try:
         return pipe(
@@ -334,6 +336,7 @@ def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback
             output_type=output_type, callback_on_step_end=callback_on_step_end,
         ).frames[0]
     finally:
+        pipe.disable_fast_sampling()
         pipe.scheduler = released
 
 

@@ -150,8 +150,10 @@ class AppModel:
             raise UsageError(f"Sampler must be one of {', '.join(sampler_names())}, got {sampler!r}")
         seed, steps = int(seed), values["steps"]
         # The video as `i2vgen generate` would make it: rendered and saved by the same code.
+        fast = sampler == "fast"  # pipe.enable_fast_sampling(), as `i2vgen generate --fast`: with caching
         video = VideoRequest(image=image["path"], prompt=prompt, negative_prompt=negative_prompt or None,
-                             scheduler=sampler, seed=seed, **values, free_noise=bool(long_video),
+                             scheduler="ddim" if fast else sampler, fast=fast, seed=seed, **values,
+                             free_noise=bool(long_video),
                              prompt_at=[line for line in prompt_changes.splitlines() if line.strip()],
                              context_stride=max(1, values["context_length"] // 4),  # diffusers' 16 / 4
                              out=Path(tempfile.mkdtemp(dir=self.out_dir)) / f"i2vgen-seed{seed}.mp4")
@@ -194,7 +196,7 @@ class AppModel:
         if video.free_noise:
             args += ["--free-noise", "--context-length", str(video.context_length),
                      "--context-stride", str(video.context_stride)]
-        return shlex.join(args)
+        return shlex.join(args + ["--fast"] * video.fast)
 
 
 def _generate_handler(app: AppModel):
@@ -266,7 +268,8 @@ def build_page(app: AppModel):
                     sliders = [slider(name) for name in ("frames", "fps", "steps", "guidance", "height", "width")]
                     seed = gr.Number(-1, precision=0, label="Seed (-1: a random one)", elem_id="seed")
                     sampler = gr.Dropdown(sampler_names(), value="ddim", label="Sampler", elem_id="sampler",
-                                          info=f"ddim: the model's own; fast: made for {FAST_STEPS} steps")
+                                          info=f"ddim: the model's own; fast: enable_fast_sampling (with caching), "
+                                               f"made for {FAST_STEPS} steps")
                 with gr.Accordion("Long video and prompt changes", open=False):
                     long_video = gr.Checkbox(False, label="Long video (FreeNoise): more frames than the model "
                                                           "was trained on", elem_id="long_video")
