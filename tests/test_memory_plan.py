@@ -71,3 +71,4 @@ def test_gpu_check_smoke(tmp_path):
     assert "reference: SKIPPED (no --ref-site / wheel folder given)" in proc.stdout
     assert "no offload: s per step (median)" in proc.stdout
     assert "max |frame difference| ours offload vs ours" in proc.stdout
+    assert "ours, enable_fast_sampling (15 steps, cached): whole call" in proc.stdout
