@@ -142,7 +142,7 @@ def cost(row: dict) -> float:
     return row.get("cost", row["unet_calls"])  # rows from before issue 23: no cache, one full pass per call
 
 
-def plot(path: Path, rows: list, width: int = 900, height: int = 480) -> None:
+def plot(path: Path, rows: list, frames: str = "held-out", width: int = 900, height: int = 480) -> None:
     """Distance to the converged video vs UNet cost (full-pass equivalents), one line per sampler and cache setting,
     log-log, drawn with PIL."""
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -183,7 +183,7 @@ def plot(path: Path, rows: list, width: int = 900, height: int = 480) -> None:
         draw.line([(width - right + 12, legend_y), (width - right + 32, legend_y)], fill=color, width=3)
         draw.text((width - right + 38, top + 8 + 18 * k), name, fill=(0, 0, 0))
     draw.text((left, 12), f"mean |video - converged| (log) vs UNet cost in full guided passes by FLOPs (log); tiny demo, "
-              f"{rows[0]['trials']} held-out first frames", fill=(0, 0, 0))
+              f"{rows[0]['trials']} {frames} first frames", fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
@@ -242,7 +242,7 @@ def main(argv=None):
     if args.table:
         args.table.write_text(table(rows) + "\n")
     if args.plot:
-        plot(args.plot, rows)
+        plot(args.plot, rows, "held-out" if args.split == "eval" else "training-clip")
 
 
 def run_cell(pipe, specs, converged, name: str, cache: str, steps: int, seed: int, batch: int, results_path) -> dict:
