@@ -24,10 +24,10 @@ LAYERS = {
     # the diffusers-compatible surface (and i2vgen.utils, diffusers.utils' helpers), and the old import path
     # i2vgen.pipeline that points into it
     "i2vgen.compat": (3, "compat"), "i2vgen.pipeline": (3, "compat"), "i2vgen.utils": (3, "compat"),
-    # beside the applications: processes and sharding, training
-    "i2vgen.distributed": (4, "distributed"), "i2vgen.training": (4, "training"),
+    # beside the applications: processes and sharding, and training on them (the same rank/device helpers)
+    "i2vgen.distributed": (4, "distributed"), "i2vgen.training": (5, "training"),
     # the applications, and the package's entry points
-    "i2vgen.apps": (5, "apps"), "i2vgen.__main__": (6, "entry"), "i2vgen": (6, "entry"),
+    "i2vgen.apps": (6, "apps"), "i2vgen.__main__": (7, "entry"), "i2vgen": (7, "entry"),
 }
 
 

@@ -75,7 +75,7 @@ class TrainConfig:
 
     # Optimisation.
     max_steps: int = 2000  # optimiser steps
-    batch_size: int = 8  # clips per micro-batch
+    batch_size: int = 8  # clips per micro-batch (per rank under torchrun)
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     lr_warmup_steps: int = 100
@@ -98,7 +98,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
-    device: str = "cpu"
+    device: str = "cpu"  # under torchrun "cuda" means cuda:LOCAL_RANK
+    # Under torchrun (parallel.py): "ddp" (gradients all-reduced) or "fsdp" (FSDP2: parameters, gradients and
+    # optimiser state sharded). batch_size is per rank: the global batch is world_size x batch_size.
+    parallel: str = "ddp"
     num_threads: int = 1  # CPU threads; on a shared machine one thread avoids OpenMP oversubscription
 
     @classmethod

@@ -1,11 +1,12 @@
 """Training samples streamed from the encoder cache (cache.py): a map-style dataset of every sample of a run.
 
-Item i is sample `slot` = i % per_step of optimiser step `step` = i // per_step (per_step = batch_size x
-gradient_accumulation_steps, the global batch). Everything random about it is drawn from a generator seeded
+Item i is sample `slot` = i % per_step of optimiser step `step` = i // per_step (per_step = world_size x
+batch_size x gradient_accumulation_steps, the global batch; rank r reads the slots r*b .. (r+1)*b - 1 of each
+micro-batch of world_size x b, `rank_batches`). Everything random about it is drawn from a generator seeded
 by (seed, step, slot) alone: its bucket (by (seed, step): one bucket per step, so every batch stacks), its
 clip, target frame rate and window, the posterior sample of its latents, its noise and timestep and its
 classifier-free-guidance dropout. No process or worker state enters, so a resumed run, any number of
-DataLoader workers, or a DistributedSampler splitting the indices over processes all train on the same samples.
+DataLoader workers, or any number of processes sharing each global batch all train on the same samples.
 
 Only the manifest's small per-clip index is held in memory; each item opens its shard (memory-mapped by
 safetensors) and reads just the frames of its window.
@@ -56,10 +57,11 @@ class ClipDataset(torch.utils.data.Dataset):
     (4, F, h, w) latents times scaling_factor, noise and t for the objective, and the UNet's conditions."""
 
     def __init__(self, cache_dir, entries: list, null_text: torch.Tensor, buckets: tuple[Bucket, ...], cfg,
-                 scaling_factor: float, num_train_timesteps: int):
+                 scaling_factor: float, num_train_timesteps: int, world_size: int = 1):
         self.cache_dir, self.null_text, self.buckets, self.cfg = str(cache_dir), null_text, buckets, cfg
         self.scaling_factor, self.num_train_timesteps = scaling_factor, num_train_timesteps
-        self.per_step = cfg.batch_size * cfg.gradient_accumulation_steps
+        self.world_size = world_size
+        self.per_step = world_size * cfg.batch_size * cfg.gradient_accumulation_steps
         self.target_fps = tuple(cfg.sample_fps or (cfg.fps,))
         # The small index: (key, shard, frames, fps) of each clip, grouped by bucket; sampling weights by size.
         self.by_bucket = [[(k, e["shard"], e["frames"], e["fps"]) for k, e in entries if e["bucket"] == b]
@@ -100,9 +102,9 @@ class ClipDataset(torch.utils.data.Dataset):
                 "image_embeddings": torch.zeros_like(data["image"]) if drop else data["image"]}
 
 
-def folder_dataset(pipe, cfg, output_dir: Path) -> ClipDataset:
-    """Scan cfg.data_dir, bring the encoder cache up to date, and list every clip left out (and why) in
-    <output_dir>/skipped_clips.txt. A folder with no usable clip is a DataError."""
+def folder_dataset(pipe, cfg, output_dir: Path, world_size: int = 1, report: bool = True) -> ClipDataset:
+    """Scan cfg.data_dir, bring the encoder cache up to date, and (with `report`) list every clip left out (and
+    why) in <output_dir>/skipped_clips.txt. A folder with no usable clip is a DataError."""
     buckets = parse_buckets(cfg.buckets or [(cfg.resolution, cfg.resolution, cfg.num_frames)], "buckets")
     clips, problems = scan_folder(cfg.data_dir)
     cache_dir = Path(cfg.cache_dir or output_dir / "cache")
@@ -110,15 +112,16 @@ def folder_dataset(pipe, cfg, output_dir: Path) -> ClipDataset:
     target_fps = tuple(cfg.sample_fps or (cfg.fps,))
     usable, short, faster = usable_entries(entries, buckets, target_fps)
     skipped = problems + unreadable + short
-    (output_dir / "skipped_clips.txt").write_text("".join(f"{line}\n" for line in skipped + faster))
-    print(f"data_dir {cfg.data_dir}: {len(usable)} clips used, {len(skipped)} skipped, {len(faster)} read at a "
-          f"higher frame rate than asked" + (f" (see {output_dir / 'skipped_clips.txt'})" if skipped or faster else ""),
-          file=sys.stderr)
+    if report:
+        (output_dir / "skipped_clips.txt").write_text("".join(f"{line}\n" for line in skipped + faster))
+        print(f"data_dir {cfg.data_dir}: {len(usable)} clips used, {len(skipped)} skipped, {len(faster)} read at a "
+              f"higher frame rate than asked" + (f" (see {output_dir / 'skipped_clips.txt'})" if skipped or faster else ""),
+              file=sys.stderr)
     if not usable:
         raise DataError(f"data_dir {cfg.data_dir!r}: no usable clip ({len(skipped)} skipped: "
                          f"{skipped[0] if skipped else 'none'})")
     return ClipDataset(cache_dir, usable, load_null_text(null_text), buckets, cfg, pipe.vae.config.scaling_factor,
-                       pipe.scheduler.config.num_train_timesteps)
+                       pipe.scheduler.config.num_train_timesteps, world_size)
 
 
 def to_micro_batch(batch: dict) -> dict:
@@ -129,13 +132,21 @@ def to_micro_batch(batch: dict) -> dict:
     return {"x0": x0, "noise": batch["noise"], "t": batch["t"], "conditions": conditions}
 
 
-def folder_batches(dataset: ClipDataset, start_step: int, num_workers: int):
-    """Per optimiser step from `start_step` on, the list of its micro-batches, read by DataLoader workers."""
+def rank_batches(dataset: ClipDataset, start_step: int, rank: int):
+    """This rank's item indices of each micro-batch from `start_step` on: its batch_size slots of each
+    micro-batch of world_size x batch_size."""
+    b = dataset.cfg.batch_size
+    for first in range(start_step * dataset.per_step, len(dataset), dataset.world_size * b):
+        yield list(range(first + rank * b, first + (rank + 1) * b))
+
+
+def folder_batches(dataset: ClipDataset, start_step: int, num_workers: int, rank: int = 0):
+    """Per optimiser step from `start_step` on, the list of its micro-batches (this rank's share), read by
+    DataLoader workers."""
     cfg = dataset.cfg
-    indices = range(start_step * dataset.per_step, len(dataset))
     # Its own generator: the workers' base seed (unused: items seed themselves) is not taken from torch's global
     # RNG, which a resumed run restores and the UNet's dropout draws from.
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=torch.utils.data.BatchSampler(indices, cfg.batch_size, False),
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=list(rank_batches(dataset, start_step, rank)),
                                          num_workers=num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     micro = iter(loader)
     while True:

@@ -31,10 +31,11 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch
 def velocity_loss(unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                   conditions: dict) -> torch.Tensor:
     """MSE between the UNet's output on x_t and the velocity target, for given noise and timesteps."""
-    x0, noise, t = x0.to(unet.device), noise.to(unet.device), t.to(unet.device)
+    device = next(unet.parameters()).device  # `unet` may be a DDP wrapper
+    x0, noise, t = x0.to(device), noise.to(device), t.to(device)
     x_t = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t)
-    pred = unet(x_t, t, **{k: v.to(unet.device) for k, v in conditions.items()}).sample
+    pred = unet(x_t, t, **{k: v.to(device) for k, v in conditions.items()}).sample
     return F.mse_loss(pred.float(), target.float())
 
 

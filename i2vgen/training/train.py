@@ -23,8 +23,10 @@ and the result is `<output_dir>/lora/pytorch_lora_weights.safetensors`, for `pip
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -36,10 +38,11 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from i2vgen import model_hooks
+from i2vgen.distributed import Launch, process_group
 from i2vgen.loading import atomic_folder
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
-from i2vgen.training import board
+from i2vgen.training import board, parallel
 from i2vgen.training.cache import encoder_fingerprint
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
@@ -91,18 +94,19 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
     }
 
 
-def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator: torch.Generator) -> tuple:
+def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator: torch.Generator,
+                 batch_size: int) -> tuple:
     """x0 latents (B, 4, F, h, w) and the UNet's condition kwargs for a random batch of the pool, with
     classifier-free-guidance dropout applied."""
-    rows = torch.randint(len(pool["latent_mean"]), (cfg.batch_size,), generator=generator)
+    rows = torch.randint(len(pool["latent_mean"]), (batch_size,), generator=generator)
     mean, std = pool["latent_mean"][rows], pool["latent_std"][rows]
     x0 = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
     text = pool["text_embeds"][pool["caption_index"][rows]]
     image = pool["image_embeds"][rows]
-    drop = torch.rand(cfg.batch_size, generator=generator) < cfg.uncond_prob
+    drop = torch.rand(batch_size, generator=generator) < cfg.uncond_prob
     text = torch.where(drop[:, None, None], pool["null_text_embeds"], text)
     image = torch.where(drop[:, None, None], torch.zeros_like(image), image)
-    conditions = dict(fps=torch.full((cfg.batch_size,), cfg.fps), image_latents=image_latents_from(x0[:, :, 0], x0.shape[2]),
+    conditions = dict(fps=torch.full((batch_size,), cfg.fps), image_latents=image_latents_from(x0[:, :, 0], x0.shape[2]),
                       image_embeddings=image, encoder_hidden_states=text)
     return x0, conditions
 
@@ -158,18 +162,23 @@ def load_trained(unet, folder: Path, is_lora: bool):
 
 
 def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_scheduler, generator, keep: int,
-                    is_lora: bool = False):
+                    is_lora: bool, launch: Launch, twin=None):
     """Write <output_dir>/checkpoint-<step>/ (unet/ and unet_ema/, or lora/ and lora_ema/; training_state.pt)
-    atomically, then prune."""
+    atomically, then prune. Every rank calls it; rank 0 writes the full state (parallel.plain)."""
     folder = output_dir / f"checkpoint-{step:06d}"
     partial = output_dir / f".partial-{step:06d}"
-    shutil.rmtree(partial, ignore_errors=True)
     name = "lora" if is_lora else "unet"
+    if launch.is_main:
+        shutil.rmtree(partial, ignore_errors=True)
     try:
-        save_trained(unet, partial / name, is_lora)
-        save_trained(ema.model, partial / f"{name}_ema", is_lora)
-        save_state({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state()},
+        for module, sub in ((unet, name), (ema.model, f"{name}_ema")):
+            if (full := parallel.plain(module, twin, launch)) is not None:
+                save_trained(full, partial / sub, is_lora)
+        optimizer_state = parallel.optimizer_state(unet, optimizer)
+        if not launch.is_main:
+            return
+        save_state({"step": step, "optimizer": optimizer_state, "lr_scheduler": lr_scheduler.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "trains": name},
                    partial / "training_state.pt")
     except BaseException as error:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
         shutil.rmtree(partial, ignore_errors=True)
@@ -190,23 +199,41 @@ def save_state(state, path) -> None:
         raise OSError(f"cannot write {path}: {str(error).strip().splitlines()[0]}") from None
 
 
-def load_checkpoint(checkpoint: Path, unet, ema: EMA, optimizer, lr_scheduler, generator,
-                    is_lora: bool = False) -> int:
-    """Restore what save_checkpoint wrote (models, optimizer, schedule, both RNGs); returns its step."""
+def damaged(checkpoint: Path, error: Exception) -> ValueError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(f"cannot resume from {checkpoint} ({first[:300]}); remove that folder to resume from "
+                      f"the one before it, or start again in an empty output_dir")
+
+
+def load_models(checkpoint: Path, unet, ema: EMA, is_lora: bool) -> dict:
+    """The weights of a checkpoint into the (not yet wrapped) UNet and its EMA; returns its training state. A
+    checkpoint of another kind of run (full vs LoRA), or a damaged one, is one error line naming it."""
     name = "lora" if is_lora else "unet"
+    try:
+        state = torch.load(checkpoint / "training_state.pt", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever is damaged, one line naming the checkpoint
+        raise damaged(checkpoint, error) from None
+    if state.get("trains", name) != name or not (checkpoint / name).is_dir():
+        raise DataError(f"{checkpoint} was written by a run that trains {state.get('trains', 'something else')!r}, "
+                        f"this config trains {name!r}: use another output_dir")
     try:
         load_trained(unet, checkpoint / name, is_lora)
         load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
-        state = torch.load(checkpoint / "training_state.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+    except Exception as error:  # noqa: BLE001
+        raise damaged(checkpoint, error) from None
+    return state
+
+
+def load_training_state(checkpoint: Path, state: dict, unet, optimizer, lr_scheduler, generator) -> int:
+    """Restore what save_checkpoint wrote besides the weights (optimizer, schedule, both RNGs); returns its step."""
+    try:
+        parallel.load_optimizer_state(unet, optimizer, state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         return state["step"]
-    except Exception as error:  # noqa: BLE001 - whatever is damaged, one line naming the checkpoint
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"cannot resume from {checkpoint} ({first[:300]}); remove that folder to resume from "
-                         f"the one before it, or start again in an empty output_dir") from None
+    except Exception as error:  # noqa: BLE001
+        raise damaged(checkpoint, error) from None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -247,43 +274,54 @@ def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
 
 
 def synthetic_batches(pool: dict, cfg: TrainConfig, scaling_factor: float, num_train_timesteps: int,
-                      generator: torch.Generator):
-    """Per optimiser step, its micro-batches drawn from the synthetic clip pool with the run's generator."""
+                      generator: torch.Generator, launch: Launch):
+    """Per optimiser step, its micro-batches drawn from the synthetic clip pool with the run's generator. Every
+    rank draws the global batch (world_size x batch_size) and keeps its rows (parallel.rank_rows)."""
+    rows = parallel.rank_rows(launch, cfg.batch_size)
     while True:
         step = []
         for _ in range(cfg.gradient_accumulation_steps):
-            x0, conditions = sample_batch(pool, cfg, scaling_factor, generator)
+            x0, conditions = sample_batch(pool, cfg, scaling_factor, generator, cfg.batch_size * launch.world_size)
             noise = offset_noise(x0.shape, cfg.noise_offset, generator)
             t = sample_timesteps(x0.shape[0], num_train_timesteps, generator, cfg.high_noise_fraction,
                                  cfg.high_noise_min_timestep)
-            step.append({"x0": x0, "noise": noise, "t": t, "conditions": conditions})
+            step.append({"x0": x0[rows], "noise": noise[rows], "t": t[rows],
+                         "conditions": {key: value[rows] for key, value in conditions.items()}})
         yield step
 
 
 def accumulate_gradients(unet, scheduler, micro_batches: list, autocast) -> float:
-    """Backpropagate the step's micro-batches (each loss divided by their number); returns the mean loss."""
+    """Backpropagate the step's micro-batches (each loss divided by their number); returns the mean loss.
+    Under DDP the gradients are all-reduced once, in the last micro-batch's backward."""
     total = 0.0
-    for batch in micro_batches:
-        with autocast:
+    for i, batch in enumerate(micro_batches):
+        with autocast, parallel.no_sync(unet, last=i == len(micro_batches) - 1):
             loss = velocity_loss(unet, scheduler, batch["x0"], batch["noise"], batch["t"], batch["conditions"])
         (loss / len(micro_batches)).backward()
         total += loss.item() / len(micro_batches)
     return total
 
 
-def setup_optimization(unet, cfg: TrainConfig):
-    """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, AdamW and the warmup schedule."""
+def setup_optimization(unet, cfg: TrainConfig, launch: Launch, checkpoint: Path | None):
+    """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, the checkpoint's weights, the
+    module the loop calls (the UNet, or under torchrun its DDP wrapper or its FSDP2-sharded self: parallel.wrap),
+    AdamW and the warmup schedule. Returns those and the checkpoint's training state (or None), and under FSDP2
+    on rank 0 an unsharded twin of the UNet that checkpoints are written from."""
     if cfg.lora is not None:
         from i2vgen import lora  # peft: an optional extra
         lora.add_adapter(unet, lora.LoraSettings(**cfg.lora))  # freezes the UNet, adds a trainable adapter
     else:
         unet.requires_grad_(True)
-    trainable = [p for p in unet.parameters() if p.requires_grad]
     ema = EMA(unet, cfg.ema_decay)
+    state = load_models(checkpoint, unet, ema, cfg.lora is not None) if checkpoint else None
+    sharded = cfg.parallel == "fsdp" and launch.world_size > 1
+    twin = copy.deepcopy(unet).cpu() if sharded and launch.is_main else None
+    model = parallel.wrap(unet, ema.model, cfg, launch)  # before the optimiser: FSDP2 replaces the parameters
+    trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
-    return trainable, ema, optimizer, lr_scheduler
+    return model, trainable, ema, optimizer, lr_scheduler, state, twin
 
 
 def log_step(log, bar, step: int, loss: float, smoothed: float, lr: float, seconds: float, writer=None) -> None:
@@ -305,58 +343,97 @@ def validator_for(pipe, cfg: TrainConfig, output_dir: Path) -> Validator | None:
     return Validator(pipe, settings, output_dir, frames, width, height, cfg.seed)
 
 
-def validate(validator: Validator, pipe, ema: EMA, step: int, output_dir: Path, writer) -> None:
+def validate(validator: Validator, pipe, ema_unet, step: int, output_dir: Path, writer) -> None:
     """Validate the EMA weights; metrics to validation.jsonl (and TensorBoard)."""
-    metrics, names, videos = validator.run(pipe, ema.model, step)
+    metrics, names, videos = validator.run(pipe, ema_unet, step)
     with open(output_dir / "validation.jsonl", "a") as log:
         log.write(json.dumps({"step": step, **metrics}) + "\n")
     if writer is not None:
         board.log_validation(writer, step, metrics, names, videos, grid(videos))
 
 
-def training_batches(pipe, cfg: TrainConfig, dataset, step: int, generator: torch.Generator):
-    """Each step's micro-batches from `step` on: from the clip folder's dataset, or the synthetic pool."""
+def training_batches(pipe, cfg: TrainConfig, dataset, step: int, generator: torch.Generator, launch: Launch):
+    """Each step's micro-batches (this rank's share) from `step` on: from the clip folder's dataset, or the
+    synthetic pool (encoded and written by rank 0; the others read it)."""
     if dataset is not None:
-        return folder_batches(dataset, step, cfg.num_workers)
-    pool = clip_pool(pipe, cfg, Path(cfg.output_dir) / "clip_pool.pt")
+        return folder_batches(dataset, step, cfg.num_workers, launch.rank)
+    path = Path(cfg.output_dir) / "clip_pool.pt"
+    pool = clip_pool(pipe, cfg, path) if launch.is_main else None
+    parallel.barrier(launch)
+    pool = pool or torch.load(path, weights_only=True)
     return synthetic_batches(pool, cfg, pipe.vae.config.scaling_factor, pipe.scheduler.config.num_train_timesteps,
-                             generator)
+                             generator, launch)
 
 
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
     """Run (or resume) training; returns the exported pipeline folder. With `until`, stop after that step
-    with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue."""
+    with a checkpoint (the schedule still spans cfg.max_steps) and return None: run again to continue.
+    Under torchrun every process runs it (parallel.py)."""
+    with process_group(cfg.device) as launch:
+        output_dir = Path(cfg.output_dir)
+        if launch.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            held = parallel.lock(output_dir, launch)
+        try:
+            return _train(cfg, until, launch, output_dir)
+        finally:
+            if launch.is_main:
+                held.unlink(missing_ok=True)
+
+
+def prepare_data(pipe, cfg: TrainConfig, output_dir: Path, launch: Launch):
+    """The clip folder's dataset (rank 0 brings the encoder cache up to date first; the others then find it
+    complete), or None for the synthetic clips; checks the parallel setup against it."""
+    dataset = None
+    if cfg.data_dir:
+        if launch.is_main:
+            dataset = folder_dataset(pipe, cfg, output_dir, launch.world_size)
+        parallel.barrier(launch)
+        dataset = dataset or folder_dataset(pipe, cfg, output_dir, launch.world_size, report=False)
+    parallel.check_setup(cfg, launch, len({key for clips in dataset.by_bucket for key, *_ in clips})
+                         if dataset else cfg.num_clips)
+    return dataset
+
+
+def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path) -> Path | None:
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(output_dir / "config.json") as tmp:  # never a 0-byte file on a full disk
-        Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if launch.is_main:
+        with _atomic_path(output_dir / "config.json") as tmp:  # never a 0-byte file on a full disk
+            Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        for partial in output_dir.glob(".partial-*"):  # a checkpoint a stopped run did not finish
+            shutil.rmtree(partial)
+    cfg = dataclasses.replace(cfg, device=str(launch.device))  # "cuda" -> cuda:LOCAL_RANK
+    parallel.barrier(launch)  # the output folder exists
 
     pipe = load_pipeline(cfg)
-    dataset = folder_dataset(pipe, cfg, output_dir) if cfg.data_dir else None
-    validator = validator_for(pipe, cfg, output_dir)
-    writer = board.open_writer(output_dir / "tensorboard") if cfg.tensorboard else None
+    dataset = prepare_data(pipe, cfg, output_dir, launch)
+    validator = validator_for(pipe, cfg, output_dir) if launch.is_main else None
+    writer = board.open_writer(output_dir / "tensorboard") if cfg.tensorboard and launch.is_main else None
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
-    trainable, ema, optimizer, lr_scheduler = setup_optimization(unet, cfg)
+    checkpoint = latest_checkpoint(output_dir)
+    model, trainable, ema, optimizer, lr_scheduler, state, twin = setup_optimization(unet, cfg, launch, checkpoint)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
-    if (checkpoint := latest_checkpoint(output_dir)) is not None:
-        step = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler, generator, is_lora)
-        print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
+    if state is not None:
+        step = load_training_state(checkpoint, state, unet, optimizer, lr_scheduler, generator)
+        if launch.is_main:
+            print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
 
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                               enabled=cfg.mixed_precision == "bf16")
-    batches = training_batches(pipe, cfg, dataset, step, generator)
+    batches = training_batches(pipe, cfg, dataset, step, generator, launch)
     smoothed = None
     start_time = time.time()
-    with open(output_dir / "log.jsonl", "a") as log, tqdm(total=cfg.max_steps, initial=step, desc="train") as bar:
+    with open(output_dir / "log.jsonl" if launch.is_main else os.devnull, "a") as log, \
+            tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not launch.is_main) as bar:
         while step < min(cfg.max_steps, until or cfg.max_steps):
-            total = accumulate_gradients(unet, scheduler, next(batches), autocast)
+            parallel.seed_dropout(cfg.seed, step, launch.rank)
+            total = parallel.mean_over_ranks(accumulate_gradients(model, scheduler, next(batches), autocast), launch)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
@@ -368,17 +445,20 @@ def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
             log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time, writer)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
                 save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
-                                cfg.keep_checkpoints, is_lora)
-            if validator is not None and (step % cfg.validate_every == 0 or step == cfg.max_steps):
-                validate(validator, pipe, ema, step, output_dir, writer)
+                                cfg.keep_checkpoints, is_lora, launch, twin)
+            if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.max_steps):
+                if (ema_unet := parallel.plain(ema.model, twin, launch)) is not None:
+                    validate(validator, pipe, ema_unet, step, output_dir, writer)
 
-    if step < cfg.max_steps:
-        return None
-    if is_lora:
-        save_trained(ema.model, output_dir / "lora", is_lora=True)
-        return output_dir / "lora"
-    export_pipeline(cfg.model, ema.model, output_dir / "pipeline")
-    return output_dir / "pipeline"
+    result = None if step < cfg.max_steps else output_dir / ("lora" if is_lora else "pipeline")
+    final = parallel.plain(ema.model, twin, launch) if result is not None else None
+    if final is not None:
+        if is_lora:
+            save_trained(final, result, is_lora=True)
+        else:
+            export_pipeline(cfg.model, final, result)
+    parallel.barrier(launch)  # every rank returns once the files are there
+    return result
 
 
 def positive_step(text: str) -> int:
@@ -414,7 +494,8 @@ def main(argv=None):
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"i2vgen train: error: {first}", file=sys.stderr)
         return 1
-    print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once
+        print(f"trained weights written to {out}" if out else f"stopped at step {args.until}; rerun to resume")
     return 0
 
 
