@@ -219,6 +219,7 @@ def test_a_file_that_does_not_fit_the_unet_is_one_clear_error(tmp_path):
 
 def test_lora_training_changes_only_the_adapter_and_resumes_bit_for_bit(tmp_path):
     from i2vgen.pipeline import I2VGenXLPipeline
+    from i2vgen.training.checkpoint import SafeReader
     from i2vgen.training.config import TrainConfig
     from i2vgen.training.train import train
 
@@ -231,8 +232,11 @@ def test_lora_training_changes_only_the_adapter_and_resumes_bit_for_bit(tmp_path
     assert train(TrainConfig(output_dir=str(tmp_path / "b"), **common), until=2) is None
     resumed = train(TrainConfig(output_dir=str(tmp_path / "b"), **common))
     assert straight == tmp_path / "a" / "lora" and resumed == tmp_path / "b" / "lora"
-    assert sorted(p.name for p in (tmp_path / "b" / "checkpoint-000003").iterdir()) == \
-        ["lora", "lora_ema", "training_state.pt"]  # no UNet copy
+    checkpoint = tmp_path / "b" / "checkpoint-000003"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [".metadata", "__0_0.distcp", "training_state.json"]
+    saved = [key for key in SafeReader(checkpoint).read_metadata().state_dict_metadata
+             if key.startswith(("model.", "ema."))]
+    assert saved and all(".lora_" in key for key in saved)  # the adapter and its EMA alone, no UNet copy
     a, b = (load_file(folder / lora.WEIGHT_NAME) for folder in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same ops, same order, same numbers
     assert any(k.endswith("ff.net.2.lora_B.weight") for k in a)

@@ -124,18 +124,17 @@ def test_samples_depend_only_on_seed_step_and_slot(pipe, model, tmp_path):
     again = [dataset[i] for i in reversed(range(len(dataset)))][::-1]  # any order
     for a, b in zip(items, again):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2)  # worker processes
-    for start, batch in zip(range(0, len(dataset), 4), loader):
-        torch.testing.assert_close(batch["x0"], torch.stack([items[i]["x0"] for i in range(start, start + 4)]),
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)  # worker processes, micro-batches
+    for start, batch in zip(range(0, len(dataset), 2), loader):
+        torch.testing.assert_close(batch["x0"], torch.stack([items[i]["x0"] for i in range(start, start + 2)]),
                                    rtol=0, atol=0)
     # A DistributedSampler over 2 processes gives each rank its share of the very same items.
     for rank in (0, 1):
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=False)
         assert all(torch.equal(dataset[i]["noise"], items[i]["noise"]) for i in sampler)
-    # One bucket per step: the four samples of a step stack; different slots differ.
-    for step in range(5):
-        shapes = {tuple(items[step * 4 + s]["x0"].shape) for s in range(4)}
-        assert len(shapes) == 1
+    # One bucket per micro-batch (sampler.py): its two samples stack; both buckets are used; slots differ.
+    shapes = [{tuple(items[first + s]["x0"].shape) for s in range(2)} for first in range(0, len(dataset), 2)]
+    assert all(len(shape) == 1 for shape in shapes) and len(set.union(*shapes)) == 2
     assert not torch.equal(items[0]["noise"], items[1]["noise"])
     other_seed = _dataset(pipe, model, data, tmp_path / "run" / "cache", seed=1)
     assert not torch.equal(other_seed[0]["noise"], items[0]["noise"])

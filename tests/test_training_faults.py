@@ -3,6 +3,7 @@ the file and key, or the right result; nothing partial left."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -87,21 +88,36 @@ def test_missing_model_folder_and_unknown_lora_target(capsys, tmp_path, base):
     assert code == 1 and line.startswith("i2vgen train: error: lora target module 'to_nothing' matches no module")
 
 
-@pytest.mark.parametrize("damage", ["state", "unet", "empty"])
+@pytest.mark.parametrize("damage", ["state", "weights", "index", "empty"])
 def test_damaged_checkpoints_are_named(capsys, tmp_path, base, damage):
     assert train_cli(capsys, tmp_path, small(base), "--until", "1")[0] == 0
     checkpoint = tmp_path / "out" / "checkpoint-000001"
     if damage == "state":
-        (checkpoint / "training_state.pt").write_bytes(b"garbage")
-    elif damage == "unet":
-        weights = checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+        (checkpoint / "training_state.json").write_bytes(b"garbage")
+    elif damage == "weights":
+        weights = checkpoint / "__0_0.distcp"
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "index":  # a pickle of something else than DCP's index: refused, never run
+        (checkpoint / ".metadata").write_bytes(pickle.dumps(subprocess.Popen))
     else:
         for path in sorted(checkpoint.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
     code, line = train_cli(capsys, tmp_path, small(base))
     assert code == 1 and line.startswith(f"i2vgen train: error: cannot resume from {checkpoint} ("), line
     assert line.endswith("remove that folder to resume from the one before it, or start again in an empty output_dir")
+    if damage == "index":
+        assert "subprocess.Popen is not part of a checkpoint's index" in line, line
+
+
+def test_a_checkpoint_of_the_earlier_format_is_one_line(capsys, tmp_path, base):
+    checkpoint = tmp_path / "out" / "checkpoint-000001"
+    (checkpoint / "unet").mkdir(parents=True)
+    (checkpoint / "training_state.pt").write_bytes(b"")
+    code, line = train_cli(capsys, tmp_path, small(base))
+    assert code == 2 and line == (f"i2vgen train: error: {checkpoint} is a checkpoint of an earlier i2vgen "
+                                  f"(training_state.pt, one file by rank 0); this one resumes "
+                                  f"torch.distributed.checkpoint folders: finish that run with the version that "
+                                  f"wrote it, or start again in an empty output_dir"), line
 
 
 def test_garbage_clip_pool_is_encoded_again(capsys, tmp_path, base):
@@ -128,12 +144,12 @@ FULL_DISK = textwrap.dedent("""
 def test_full_disk_while_training_leaves_nothing_partial(tmp_path, base):
     config = tmp_path / "train.json"
     config.write_text(json.dumps(small(base, output_dir=str(tmp_path / "out"))))
-    # 200 kB: config.json and the clip pool fit, a checkpoint's UNet (589 kB) does not
+    # 200 kB: config.json and the clip pool fit, a checkpoint's UNet (589 kB, twice with its EMA) does not
     result = subprocess.run([sys.executable, "-c", FULL_DISK, "200000", "--config", str(config)], capture_output=True,
                             text=True, timeout=300, env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"})
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and last.startswith(
-        f"i2vgen train: error: cannot write {tmp_path / 'out' / 'checkpoint-000001' / 'unet'}/"), last
+        f"i2vgen train: error: cannot write {tmp_path / 'out' / 'checkpoint-000001'} (rank 0: "), last
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert not [name for name in left if name.startswith(".")] and "checkpoint-000001" not in left, left
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model"] == str(base)

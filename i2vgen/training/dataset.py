@@ -2,11 +2,12 @@
 
 Item i is sample `slot` = i % per_step of optimiser step `step` = i // per_step (per_step = world_size x
 batch_size x gradient_accumulation_steps, the global batch; rank r reads the slots r*b .. (r+1)*b - 1 of each
-micro-batch of world_size x b, `rank_batches`). Everything random about it is drawn from a generator seeded
-by (seed, step, slot) alone: its bucket (by (seed, step): one bucket per step, so every batch stacks), its
-clip, target frame rate and window, the posterior sample of its latents, its noise and timestep and its
-classifier-free-guidance dropout. No process or worker state enters, so a resumed run, any number of
-DataLoader workers, or any number of processes sharing each global batch all train on the same samples.
+micro-batch of world_size x b, `rank_batches`). Its clip (and so its bucket) is its place in the epoch order of
+sampler.py: every clip once per epoch, reshuffled each epoch by (seed, epoch). Everything random about the
+sample itself is drawn from a generator seeded by (seed, step, slot) alone: its target frame rate and window,
+the posterior sample of its latents, its noise and timestep and its classifier-free-guidance dropout. No
+process or worker state enters, so a resumed run, any number of DataLoader workers, or any number of processes
+sharing each global batch all train on the same samples.
 
 Only the manifest's small per-clip index is held in memory; each item opens its shard (memory-mapped by
 safetensors) and reads just the frames of its window.
@@ -15,7 +16,6 @@ safetensors) and reads just the frames of its window.
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from einops import rearrange
 from safetensors import safe_open
@@ -25,13 +25,8 @@ from i2vgen.training.buckets import Bucket, parse_buckets
 from i2vgen.training.cache import load_null_text, update_cache
 from i2vgen.training.video_folder import DataError, scan_folder
 from i2vgen.training.objective import offset_noise, sample_timesteps
+from i2vgen.training.sampler import EpochSampler, seeded_generators
 from i2vgen.training.windows import stride_for, window
-
-
-def _generator(*seed: int) -> tuple[np.random.Generator, torch.Generator]:
-    sequence = np.random.SeedSequence(list(seed))
-    torch_seed = int(sequence.generate_state(2, np.uint64)[0] >> np.uint64(1))
-    return np.random.default_rng(sequence), torch.Generator().manual_seed(torch_seed)
 
 
 def usable_entries(entries: dict, buckets: tuple[Bucket, ...], target_fps: tuple[int, ...]) -> tuple[list, list, list]:
@@ -66,8 +61,7 @@ class ClipDataset(torch.utils.data.Dataset):
         # The small index: (key, shard, frames, fps) of each clip, grouped by bucket; sampling weights by size.
         self.by_bucket = [[(k, e["shard"], e["frames"], e["fps"]) for k, e in entries if e["bucket"] == b]
                           for b in range(len(buckets))]
-        sizes = np.array([len(clips) for clips in self.by_bucket], dtype=float)
-        self.bucket_p = sizes / sizes.sum()
+        self.sampler = EpochSampler([len(clips) for clips in self.by_bucket], world_size * cfg.batch_size, cfg.seed)
 
     def __len__(self) -> int:
         return self.cfg.max_steps * self.per_step
@@ -85,9 +79,10 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         cfg = self.cfg
         step, slot = divmod(index, self.per_step)
-        bucket = int(_generator(cfg.seed, step)[0].choice(len(self.buckets), p=self.bucket_p))
-        rng, generator = _generator(cfg.seed, step, slot)
-        key, shard, frames, fps = self.by_bucket[bucket][rng.integers(len(self.by_bucket[bucket]))]
+        micro, place = divmod(slot, self.sampler.global_batch)
+        bucket, clips = self.sampler.micro_batch(step * cfg.gradient_accumulation_steps + micro)
+        key, shard, frames, fps = self.by_bucket[bucket][clips[place]]
+        rng, generator = seeded_generators(cfg.seed, step, slot)
         num_frames = self.buckets[bucket].frames
         span = window(frames, fps, self.target_fps[rng.integers(len(self.target_fps))], num_frames, rng.random())
         data = self.read(shard, key, span.indices(num_frames))

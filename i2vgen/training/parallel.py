@@ -12,7 +12,8 @@ order of the float32 sums.
   all_reduce in backward (NCCL on GPUs, gloo on the CPU; i2vgen/distributed.py joins the group).
 - FSDP2 ("parallel": "fsdp"): torch.distributed.fsdp.fully_shard on each down, mid and up block and on the
   UNet, so parameters, gradients and AdamW state are sharded over the ranks and gathered block by block.
-Rank 0 alone writes logs, checkpoints, validation and the final weights; the others wait at a barrier.
+Rank 0 alone writes logs, validation and the final weights; every rank writes its own file of each checkpoint
+(checkpoint.py).
 """
 
 import contextlib
@@ -112,10 +113,7 @@ def barrier(launch: Launch) -> None:
         dist.barrier()
 
 
-# ---- checkpoints: the full state, gathered to rank 0 (the single-process format, any world size resumes) ----
-
-FULL = dict(full_state_dict=True, cpu_offload=True)
-
+# ---- the full weights on rank 0 (validation, the final export) ----
 
 def plain(module, twin, launch: Launch):
     """Rank 0: a plain module holding `module`'s full weights (`module` itself unless FSDP2 shards it, else
@@ -124,24 +122,11 @@ def plain(module, twin, launch: Launch):
     if not is_sharded(module):
         return module if launch.is_main else None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    state = get_model_state_dict(module, options=StateDictOptions(**FULL))
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not launch.is_main:
         return None
     twin.load_state_dict(state)
     return twin
-
-
-def optimizer_state(unet, optimizer) -> dict:
-    """The optimiser's full state keyed by parameter names (every rank calls it; under FSDP2 rank 0 gets it,
-    the others an empty dict), so that it loads on any world size and either mode."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    return get_optimizer_state_dict(unet, optimizer, options=StateDictOptions(**FULL))
-
-
-def load_optimizer_state(unet, optimizer, state: dict) -> None:
-    """optimizer_state's dict into the optimiser (under FSDP2 each rank keeps its shards)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(unet, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 # ---- one run per output folder ----

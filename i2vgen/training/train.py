@@ -14,16 +14,18 @@ tools/modules/diffusions/diffusion_ddim.py, settings in configs/i2vgen_xl_train.
 5. Loss: MSE between the UNet's output and the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
 6. AdamW over accumulated gradients, clipped; then the EMA copy moves towards the weights.
 
-Checkpoints are diffusers folders (unet/, unet_ema/) plus optimiser and RNG state, so an interrupted run
-resumes where it stopped and continues bit for bit; the finished run is written as a complete pipeline
-folder (`<output_dir>/pipeline`, EMA weights) that `I2VGenXLPipeline.from_pretrained` loads.
-With a `lora` section only a LoRA adapter is trained (i2vgen/lora.py): checkpoints hold lora/ and lora_ema/
-and the result is `<output_dir>/lora/pytorch_lora_weights.safetensors`, for `pipe.load_lora_weights`.
+Checkpoints (checkpoint.py) are torch.distributed.checkpoint folders, one file per rank, holding the weights,
+EMA, optimiser and generator, so an interrupted run resumes where it stopped (on any number of processes) and
+continues bit for bit; the finished run is written as a complete pipeline folder (`<output_dir>/pipeline`, EMA
+weights) that `I2VGenXLPipeline.from_pretrained` loads. With a `lora` section only a LoRA adapter is trained
+(i2vgen/lora.py): checkpoints hold the adapter and its EMA alone, and the result is
+`<output_dir>/lora/pytorch_lora_weights.safetensors`, for `pipe.load_lora_weights`.
 """
 
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -43,11 +45,13 @@ from i2vgen.loading import atomic_folder
 from i2vgen.models.unet import I2VGenXLUNet, image_latents_from
 from i2vgen.pipelines import ImageToVideoPipeline as I2VGenXLPipeline
 from i2vgen.training import board, parallel
+from i2vgen.training import checkpoint as checkpoints
 from i2vgen.training.cache import encoder_fingerprint
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import SyntheticMotion
 from i2vgen.training.dataset import folder_batches, folder_dataset
 from i2vgen.training.objective import offset_noise, sample_timesteps, v_prediction_loss, velocity_loss  # noqa: F401
+from i2vgen.training.sampler import EpochSampler
 from i2vgen.training.validation import ValidationSettings, Validator, grid
 from i2vgen.training.video_folder import DataError
 from i2vgen.video import _atomic_path
@@ -95,10 +99,10 @@ def encode_clips(pipe: I2VGenXLPipeline, cfg: TrainConfig, chunk: int = 32) -> d
 
 
 def sample_batch(pool: dict, cfg: TrainConfig, scaling_factor: float, generator: torch.Generator,
-                 batch_size: int) -> tuple:
-    """x0 latents (B, 4, F, h, w) and the UNet's condition kwargs for a random batch of the pool, with
+                 rows: torch.Tensor) -> tuple:
+    """x0 latents (B, 4, F, h, w) and the UNet's condition kwargs for the pool's clips `rows` (B,), with
     classifier-free-guidance dropout applied."""
-    rows = torch.randint(len(pool["latent_mean"]), (batch_size,), generator=generator)
+    batch_size = len(rows)
     mean, std = pool["latent_mean"][rows], pool["latent_std"][rows]
     x0 = (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
     text = pool["text_embeds"][pool["caption_index"][rows]]
@@ -142,7 +146,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-# ---- checkpoints ----
+# ---- the trained weights ----
 
 def save_trained(unet, folder: Path, is_lora: bool):
     """What training changes: the UNet as a diffusers folder, or with LoRA the adapter alone."""
@@ -153,92 +157,12 @@ def save_trained(unet, folder: Path, is_lora: bool):
         unet.save_pretrained(folder)
 
 
-def load_trained(unet, folder: Path, is_lora: bool):
-    if is_lora:
-        from i2vgen import lora
-        lora.load_adapter_weights(unet, folder)
-    else:
-        unet.load_state_dict(I2VGenXLUNet.from_pretrained(folder).state_dict())
-
-
-def save_checkpoint(output_dir: Path, step: int, unet, ema: EMA, optimizer, lr_scheduler, generator, keep: int,
-                    is_lora: bool, launch: Launch, twin=None):
-    """Write <output_dir>/checkpoint-<step>/ (unet/ and unet_ema/, or lora/ and lora_ema/; training_state.pt)
-    atomically, then prune. Every rank calls it; rank 0 writes the full state (parallel.plain)."""
-    folder = output_dir / f"checkpoint-{step:06d}"
-    partial = output_dir / f".partial-{step:06d}"
-    name = "lora" if is_lora else "unet"
-    if launch.is_main:
-        shutil.rmtree(partial, ignore_errors=True)
-    try:
-        for module, sub in ((unet, name), (ema.model, f"{name}_ema")):
-            if (full := parallel.plain(module, twin, launch)) is not None:
-                save_trained(full, partial / sub, is_lora)
-        optimizer_state = parallel.optimizer_state(unet, optimizer)
-        if not launch.is_main:
-            return
-        save_state({"step": step, "optimizer": optimizer_state, "lr_scheduler": lr_scheduler.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "trains": name},
-                   partial / "training_state.pt")
-    except BaseException as error:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
-        shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(error, OSError) and str(partial) in str(error):  # name the checkpoint, not the hidden folder
-            raise OSError(str(error).replace(str(partial), str(folder))) from None
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    for old in sorted(output_dir.glob("checkpoint-*"))[:-keep]:
-        shutil.rmtree(old)
-
-
 def save_state(state, path) -> None:
     """torch.save, whose failed writes (a full disk) are RuntimeErrors, with one OSError naming the file."""
     try:
         torch.save(state, path)
     except RuntimeError as error:
         raise OSError(f"cannot write {path}: {str(error).strip().splitlines()[0]}") from None
-
-
-def damaged(checkpoint: Path, error: Exception) -> ValueError:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return ValueError(f"cannot resume from {checkpoint} ({first[:300]}); remove that folder to resume from "
-                      f"the one before it, or start again in an empty output_dir")
-
-
-def load_models(checkpoint: Path, unet, ema: EMA, is_lora: bool) -> dict:
-    """The weights of a checkpoint into the (not yet wrapped) UNet and its EMA; returns its training state. A
-    checkpoint of another kind of run (full vs LoRA), or a damaged one, is one error line naming it."""
-    name = "lora" if is_lora else "unet"
-    try:
-        state = torch.load(checkpoint / "training_state.pt", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - whatever is damaged, one line naming the checkpoint
-        raise damaged(checkpoint, error) from None
-    if state.get("trains", name) != name or not (checkpoint / name).is_dir():
-        raise DataError(f"{checkpoint} was written by a run that trains {state.get('trains', 'something else')!r}, "
-                        f"this config trains {name!r}: use another output_dir")
-    try:
-        load_trained(unet, checkpoint / name, is_lora)
-        load_trained(ema.model, checkpoint / f"{name}_ema", is_lora)
-    except Exception as error:  # noqa: BLE001
-        raise damaged(checkpoint, error) from None
-    return state
-
-
-def load_training_state(checkpoint: Path, state: dict, unet, optimizer, lr_scheduler, generator) -> int:
-    """Restore what save_checkpoint wrote besides the weights (optimizer, schedule, both RNGs); returns its step."""
-    try:
-        parallel.load_optimizer_state(unet, optimizer, state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        return state["step"]
-    except Exception as error:  # noqa: BLE001
-        raise damaged(checkpoint, error) from None
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted(output_dir.glob("checkpoint-*"))
-    return found[-1] if found else None
 
 
 def export_pipeline(model_folder, unet: I2VGenXLUNet, out) -> None:
@@ -274,20 +198,23 @@ def clip_pool(pipe: I2VGenXLPipeline, cfg: TrainConfig, path: Path) -> dict:
 
 
 def synthetic_batches(pool: dict, cfg: TrainConfig, scaling_factor: float, num_train_timesteps: int,
-                      generator: torch.Generator, launch: Launch):
-    """Per optimiser step, its micro-batches drawn from the synthetic clip pool with the run's generator. Every
-    rank draws the global batch (world_size x batch_size) and keeps its rows (parallel.rank_rows)."""
+                      generator: torch.Generator, launch: Launch, step: int):
+    """Per optimiser step from `step` on, its micro-batches: the pool's clips in epoch order (sampler.py), their
+    latents, noise and timesteps drawn with the run's generator. Every rank draws the global batch
+    (world_size x batch_size) and keeps its rows (parallel.rank_rows)."""
     rows = parallel.rank_rows(launch, cfg.batch_size)
-    while True:
-        step = []
-        for _ in range(cfg.gradient_accumulation_steps):
-            x0, conditions = sample_batch(pool, cfg, scaling_factor, generator, cfg.batch_size * launch.world_size)
+    sampler = EpochSampler([cfg.num_clips], cfg.batch_size * launch.world_size, cfg.seed)
+    for step in itertools.count(step):
+        micro_batches = []
+        for i in range(cfg.gradient_accumulation_steps):
+            clips = sampler.micro_batch(step * cfg.gradient_accumulation_steps + i)[1]
+            x0, conditions = sample_batch(pool, cfg, scaling_factor, generator, clips)
             noise = offset_noise(x0.shape, cfg.noise_offset, generator)
             t = sample_timesteps(x0.shape[0], num_train_timesteps, generator, cfg.high_noise_fraction,
                                  cfg.high_noise_min_timestep)
-            step.append({"x0": x0[rows], "noise": noise[rows], "t": t[rows],
-                         "conditions": {key: value[rows] for key, value in conditions.items()}})
-        yield step
+            micro_batches.append({"x0": x0[rows], "noise": noise[rows], "t": t[rows],
+                                  "conditions": {key: value[rows] for key, value in conditions.items()}})
+        yield micro_batches
 
 
 def accumulate_gradients(unet, scheduler, micro_batches: list, autocast) -> float:
@@ -302,18 +229,17 @@ def accumulate_gradients(unet, scheduler, micro_batches: list, autocast) -> floa
     return total
 
 
-def setup_optimization(unet, cfg: TrainConfig, launch: Launch, checkpoint: Path | None):
-    """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, the checkpoint's weights, the
-    module the loop calls (the UNet, or under torchrun its DDP wrapper or its FSDP2-sharded self: parallel.wrap),
-    AdamW and the warmup schedule. Returns those and the checkpoint's training state (or None), and under FSDP2
-    on rank 0 an unsharded twin of the UNet that checkpoints are written from."""
+def setup_optimization(unet, cfg: TrainConfig, launch: Launch):
+    """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, the module the loop calls (the
+    UNet, or under torchrun its DDP wrapper or its FSDP2-sharded self: parallel.wrap), AdamW and the warmup
+    schedule. Returns those, and under FSDP2 on rank 0 an unsharded twin of the UNet that validation and the
+    final weights are gathered into."""
     if cfg.lora is not None:
         from i2vgen import lora  # peft: an optional extra
         lora.add_adapter(unet, lora.LoraSettings(**cfg.lora))  # freezes the UNet, adds a trainable adapter
     else:
         unet.requires_grad_(True)
     ema = EMA(unet, cfg.ema_decay)
-    state = load_models(checkpoint, unet, ema, cfg.lora is not None) if checkpoint else None
     sharded = cfg.parallel == "fsdp" and launch.world_size > 1
     twin = copy.deepcopy(unet).cpu() if sharded and launch.is_main else None
     model = parallel.wrap(unet, ema.model, cfg, launch)  # before the optimiser: FSDP2 replaces the parameters
@@ -321,7 +247,7 @@ def setup_optimization(unet, cfg: TrainConfig, launch: Launch, checkpoint: Path 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
-    return model, trainable, ema, optimizer, lr_scheduler, state, twin
+    return model, trainable, ema, optimizer, lr_scheduler, twin
 
 
 def log_step(log, bar, step: int, loss: float, smoothed: float, lr: float, seconds: float, writer=None) -> None:
@@ -362,7 +288,7 @@ def training_batches(pipe, cfg: TrainConfig, dataset, step: int, generator: torc
     parallel.barrier(launch)
     pool = pool or torch.load(path, weights_only=True)
     return synthetic_batches(pool, cfg, pipe.vae.config.scaling_factor, pipe.scheduler.config.num_train_timesteps,
-                             generator, launch)
+                             generator, launch, step)
 
 
 def train(cfg: TrainConfig, until: int | None = None) -> Path | None:
@@ -412,12 +338,14 @@ def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path
     writer = board.open_writer(output_dir / "tensorboard") if cfg.tensorboard and launch.is_main else None
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
-    checkpoint = latest_checkpoint(output_dir)
-    model, trainable, ema, optimizer, lr_scheduler, state, twin = setup_optimization(unet, cfg, launch, checkpoint)
+    trains = "lora" if is_lora else "unet"
+    checkpoint = checkpoints.latest(output_dir)
+    state = checkpoints.read_state(checkpoint, trains) if checkpoint else None  # before the models are built
+    model, trainable, ema, optimizer, lr_scheduler, twin = setup_optimization(unet, cfg, launch)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if state is not None:
-        step = load_training_state(checkpoint, state, unet, optimizer, lr_scheduler, generator)
+        step = checkpoints.load(checkpoint, state, unet, ema.model, optimizer, lr_scheduler, generator, launch)
         if launch.is_main:
             print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
 
@@ -444,8 +372,8 @@ def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path
             smoothed = total if smoothed is None else 0.98 * smoothed + 0.02 * total
             log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time, writer)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
-                save_checkpoint(output_dir, step, unet, ema, optimizer, lr_scheduler, generator,
-                                cfg.keep_checkpoints, is_lora, launch, twin)
+                checkpoints.save(output_dir, step, unet, ema.model, optimizer, lr_scheduler, generator, trains,
+                                 cfg.keep_checkpoints, launch)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.max_steps):
                 if (ema_unet := parallel.plain(ema.model, twin, launch)) is not None:
                     validate(validator, pipe, ema_unet, step, output_dir, writer)
