@@ -23,7 +23,7 @@ from i2vgen.training.config import TrainConfig
 from i2vgen.training.data import (BASE_COLORS, DIRECTIONS, SHAPES, SyntheticMotion, is_heldout, render_clip,
                                   sample_spec)
 from i2vgen.schedulers.base import RELEASED_SCHEDULER_CONFIG
-from i2vgen.training.demo import MAX_TOKENS, WORDS, clip_encoders, pretrain_text_encoder
+from i2vgen.training.demo import MAX_TOKENS, WORDS, clip_encoders, export, pretrain_text_encoder
 from i2vgen.training.tokenizer import write_clip_tokenizer
 from i2vgen.training.train import EMA, offset_noise, sample_timesteps, train, v_prediction_loss
 
@@ -227,6 +227,10 @@ def test_checkpoints_resume_bit_for_bit(tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)  # it trained
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)  # same ops, same order, same numbers
+    # The last checkpoint's EMA, read in this process alone, is the exported (EMA) UNet.
+    export(tmp_path / "b", tmp_path / "from-checkpoint", tmp_path / "b" / "checkpoint-000003")
+    c = I2VGenXLUNet.from_pretrained(tmp_path / "from-checkpoint" / "unet").state_dict()
+    assert all(torch.equal(b[key], c[key]) for key in b)
 
     # The exported folder is a complete pipeline that runs.
     pipe = I2VGenXLPipeline.from_pretrained(resumed)

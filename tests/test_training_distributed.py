@@ -22,6 +22,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.checkpoint.filesystem import FileSystem
 
 from conftest import micro_pipeline
 from test_distributed import fork
@@ -30,6 +31,7 @@ from i2vgen.distributed import Launch
 from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.pipeline import I2VGenXLPipeline
 from i2vgen.training import parallel
+from i2vgen.training.checkpoint import SafeReader
 from i2vgen.training.config import TrainConfig
 from i2vgen.training.train import train
 from i2vgen.training.video_folder import DataError
@@ -68,7 +70,17 @@ def gap(a: dict, b: dict) -> float:
 
 
 def _train(launch, cfg, until=None):
-    train(cfg, until=until)
+    """train() on a forked rank, listing each file that DCP opens for writing in <output_dir>/../writes-rank<r>."""
+    create_stream = FileSystem.create_stream
+
+    def recording(self, path, mode):
+        if "w" in mode:
+            with open(Path(cfg.output_dir).parent / f"writes-rank{launch.rank}", "a") as log:
+                log.write(f"{Path(path).relative_to(cfg.output_dir)}\n")
+        return create_stream(self, path, mode)
+
+    with mock.patch.object(FileSystem, "create_stream", recording):
+        train(cfg, until=until)
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +112,28 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(single, tmp_path, 
     assert not list(tmp_path.glob("out/.partial-*")) and not (tmp_path / "out/train.lock").exists()
 
 
-def test_a_checkpoint_of_two_ranks_resumes_on_one(single, tmp_path):
-    """Saved by 2 FSDP2 ranks at step 2 (batch 1 each), resumed by 1 process (batch 2): the reference's curve
-    (steps 1-2 from the FSDP2 ranks, step 3 from the resumed process) and weights."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("saved_on", [2, 1])
+def test_a_checkpoint_resumes_on_another_world_size(single, tmp_path, mode, saved_on):
+    """Saved by 2 ranks (batch 1 each) at step 2 and resumed by 1 process (batch 2), or the other way round: the
+    reference's curve (steps 1-2 from the first run, step 3 from the resumed one) and weights. The 2 ranks write
+    one file each, of their own shards (FSDP2) or of half the replicated tensors (DDP)."""
     out = tmp_path / "out"
+    two = config(single / "base", out, 1, parallel=mode)
     with with_sgd():
-        fork(2, tmp_path, _train, config(single / "base", out, 1, parallel="fsdp"), 2)
-        assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-000002"]
-        train(config(single / "base", out, 2))
+        if saved_on == 2:
+            fork(2, tmp_path, _train, two, 2)
+            assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-000002"]
+            shards = check_own_files(tmp_path, out / "checkpoint-000002", mode)
+            train(config(single / "base", out, 2))
+        else:
+            train(config(single / "base", out, 2), until=2)
+            fork(2, tmp_path, _train, two)
+            shards = check_own_files(tmp_path, out / "checkpoint-000003", mode)
     one, resumed = losses(single / "out"), losses(out)
     apart = gap(weights(single / "out/pipeline/unet"), weights(out / "pipeline/unet"))
-    print(f"MEASURED fsdp then 1 process: losses {max(abs(a - b) for a, b in zip(one, resumed)):.2e} apart, "
-          f"weights {apart:.2e}")
+    print(f"MEASURED {mode} saved on {saved_on}, resumed on {3 - saved_on}: losses "
+          f"{max(abs(a - b) for a, b in zip(one, resumed)):.2e} apart, weights {apart:.2e}; bytes per rank {shards}")
     assert len(resumed) == STEPS and max(abs(a - b) for a, b in zip(one, resumed)) < 1e-5, (one, resumed)
     assert apart < 1e-5  # as in the test above
     # The export is a plain diffusers folder.
@@ -119,6 +141,35 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one(single, tmp_path):
     assert sorted(p.name for p in (out / "pipeline/unet").iterdir()) == ["config.json",
                                                                        "diffusion_pytorch_model.safetensors"]
     assert not any(hasattr(p, "device_mesh") for p in pipe.unet.parameters())
+
+
+def check_own_files(logs: Path, checkpoint: Path, mode: str) -> list[int]:
+    """No file written by two ranks; rank r wrote __r_0.distcp (and rank 0 the index); under FSDP2 each rank's
+    file holds its own shard of each tensor (dim 0 split in two: rank 0 the piece at offset 0). Returns each
+    rank's file size."""
+    writes = [set((logs / f"writes-rank{rank}").read_text().split()) for rank in (0, 1)]
+    assert not writes[0] & writes[1]
+    assert {Path(p).name for p in writes[0]} == {"__0_0.distcp", ".metadata.tmp"}  # DCP renames it to .metadata
+    assert {Path(p).name for p in writes[1]} == {"__1_0.distcp"}
+    assert sorted(p.name for p in checkpoint.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                          "training_state.json"]
+    metadata = SafeReader(checkpoint).read_metadata()
+    files = {}
+    for index, stored in metadata.storage_data.items():
+        if index.fqn.startswith(("model.", "ema.")):
+            files.setdefault(index.fqn, {})[tuple(index.offset)] = stored.relative_path
+    assert files and all(fqn in files for fqn in metadata.state_dict_metadata if fqn.startswith(("model.", "ema.")))
+    for fqn, item in metadata.state_dict_metadata.items():
+        if fqn not in files:
+            continue
+        if mode == "ddp":  # replicated: written once, by one rank
+            assert len(files[fqn]) == 1
+        elif item.size[0] > 1:
+            assert {offset[0] == 0: name for offset, name in files[fqn].items()} == \
+                {True: "__0_0.distcp", False: "__1_0.distcp"}, (fqn, files[fqn])
+    sizes = [(checkpoint / f"__{rank}_0.distcp").stat().st_size for rank in (0, 1)]
+    assert min(sizes) > 0.3 * sum(sizes)  # DDP's replicated tensors spread over both ranks too
+    return sizes
 
 
 def _dies_in_step_three(launch, cfg):

@@ -31,6 +31,7 @@ from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.models.vae import AutoencoderKL
 from i2vgen.schedulers.base import RELEASED_SCHEDULER_CONFIG
 from i2vgen.schedulers.ddim import DDIMScheduler
+from i2vgen.training.checkpoint import load_ema
 from i2vgen.training.data import BASE_COLORS, DIRECTIONS, SHAPES, render_frame, sample_spec, to_tensor
 from i2vgen.training.tokenizer import write_clip_tokenizer
 from i2vgen.training.train import export_pipeline
@@ -199,7 +200,7 @@ def export(run, out, checkpoint=None):
         shutil.copytree(Path(run) / "pipeline", out, ignore=shutil.ignore_patterns(*TRAINING_NOTES))
     else:
         base = json.loads((Path(run) / "config.json").read_text())["model"]
-        export_pipeline(base, I2VGenXLUNet.from_pretrained(Path(checkpoint) / "unet_ema"), out)
+        export_pipeline(base, load_ema(Path(checkpoint), I2VGenXLUNet.from_pretrained(Path(base) / "unet")), out)
         for notes in TRAINING_NOTES:
             (out / notes).unlink(missing_ok=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
