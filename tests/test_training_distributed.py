@@ -1,6 +1,6 @@
 """Training on 2 processes (i2vgen/training/parallel.py; CPU, gloo): 2 ranks with batch b train as 1 process
-with batch 2b, under DDP and FSDP2; checkpoints resume on another world size; a dead rank loses only the steps
-since the last checkpoint.
+with batch 2b, under DDP and FSDP2; checkpoints (torch.distributed.checkpoint, one file per rank) resume on
+another world size, 2 -> 1 and 1 -> 2, in both modes; a dead rank loses only the steps since the last checkpoint.
 
 The ranks are forked as tests/test_distributed.py forks them (torchrun's environment, one thread each). The
 runs use SGD in place of AdamW (`sgd`): Adam divides each gradient element by its own magnitude, so an element
@@ -94,8 +94,8 @@ def single(tmp_path_factory) -> Path:
 
 
 def test_two_ranks_train_as_one_process_with_the_global_batch(single, tmp_path, mode="ddp"):
-    """DDP here; FSDP2's steps 1-2 are checked against the same curve in the next test (FSDP2 on gloo costs
-    ~8 s for its first step and ~5 s per gathered checkpoint on this machine)."""
+    """DDP here; FSDP2 is checked against the same curve in the next test, by steps 1-2 or step 3 (FSDP2 on gloo
+    costs ~8 s for its first step on this machine)."""
     with with_sgd():
         fork(2, tmp_path, _train, config(single / "base", tmp_path / "out", 1, parallel=mode, checkpoint_every=STEPS))
     one, two = losses(single / "out"), losses(tmp_path / "out")

@@ -102,7 +102,10 @@ def test_damaged_checkpoints_are_named(capsys, tmp_path, base, damage):
     else:
         for path in sorted(checkpoint.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
-    code, line = train_cli(capsys, tmp_path, small(base))
+    code = main(["--config", str(tmp_path / "train.json")])  # the config train_cli wrote
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "metadata is not found" not in err  # DCP's own logging is held back
     assert code == 1 and line.startswith(f"i2vgen train: error: cannot resume from {checkpoint} ("), line
     assert line.endswith("remove that folder to resume from the one before it, or start again in an empty output_dir")
     if damage == "index":

@@ -20,6 +20,7 @@ values (`SafeReader`, `SafePlanner`): weights_only semantics, no arbitrary objec
 
 import contextlib
 import json
+import logging
 import pickle
 import shutil
 import warnings
@@ -142,10 +143,17 @@ def first_line(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet():
-    """DCP warns on every call in one process ('assuming the intent is to save in a single process'): it is."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*single process")
-        yield
+    """DCP warns on every call in one process ('assuming the intent is to save in a single process': it is),
+    and logs each failed read of a damaged checkpoint with its traceback on the root logger (the one line of
+    `damaged` says it)."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process")
+            yield
+    finally:
+        logging.disable(before)
 
 
 # ---- reading without unpickling arbitrary objects ----
