@@ -52,7 +52,8 @@ def with_sgd():
 
 
 def config(base: Path, out: Path, batch_size: int, **changes) -> TrainConfig:
-    return TrainConfig(**(dict(model=str(base), output_dir=str(out), num_clips=4, batch_size=batch_size,
+    """6 clips in micro-batches of 2, 2 per step: an epoch is 1.5 steps, so step 2's checkpoint is mid-epoch."""
+    return TrainConfig(**(dict(model=str(base), output_dir=str(out), num_clips=6, batch_size=batch_size,
                                gradient_accumulation_steps=2, max_steps=STEPS, checkpoint_every=1, keep_checkpoints=1,
                                lr_warmup_steps=1, learning_rate=0.5, ema_decay=0.5) | changes))
 

@@ -65,9 +65,11 @@ def save(output_dir: Path, step: int, unet, ema_model, optimizer, lr_scheduler, 
             with _atomic_path(partial / STATE) as tmp:
                 Path(tmp).write_text(json.dumps({"step": step, "trains": trains,
                                                  "lr_scheduler": lr_scheduler.state_dict()}) + "\n")
-    except (Exception, CheckpointException) as error:  # a full disk: no half checkpoint, the previous ones kept
+    except BaseException as error:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
         if launch.is_main:
             shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(error, (OSError, CheckpointException)):
+            raise
         raise OSError(f"cannot write {folder} ({first_line(error).replace(str(partial), str(folder))})") from None
     if launch.is_main:
         shutil.rmtree(folder, ignore_errors=True)
@@ -90,8 +92,9 @@ def read_state(checkpoint: Path, trains: str) -> dict:
                         f"that wrote it, or start again in an empty output_dir")
     try:
         state = json.loads((checkpoint / STATE).read_text())
-        state["step"], state["lr_scheduler"]  # noqa: B018 - both present
-    except (OSError, ValueError, TypeError, KeyError) as error:
+        if not isinstance(state, dict) or not {"step", "lr_scheduler"} <= state.keys():
+            raise ValueError(f"{STATE} lacks the step or the learning-rate schedule")
+    except (OSError, ValueError) as error:
         raise damaged(checkpoint, error) from None
     if state.get("trains") != trains:
         raise DataError(f"{checkpoint} was written by a run that trains {state.get('trains')!r}, this config trains "
