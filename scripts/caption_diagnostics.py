@@ -74,7 +74,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["gap", "oracle"])
     parser.add_argument("--model", default="weights/tiny-demo", help="pipeline folder")
-    parser.add_argument("--unet", help="a UNet folder to use instead of the pipeline's (e.g. the unet/ of a checkpoint exported by `python -m i2vgen.training.demo export --checkpoint`)")
+    parser.add_argument("--unet", help="a UNet folder to use instead of the pipeline's (e.g. the unet/ of a "
+                        "checkpoint exported by `python -m i2vgen.training.demo export --checkpoint`)")
     parser.add_argument("--pool", help="clip_pool.pt of a training run (gap); default: encode 48 clips here")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[999, 961, 900, 750, 500, 250])
     parser.add_argument("--threads", type=int, default=1)

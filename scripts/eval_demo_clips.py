@@ -100,7 +100,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="weights/tiny-demo")
     parser.add_argument("--lora", help="LoRA file or folder (none: the base model)")
-    parser.add_argument("--unet", help="a UNet folder (e.g. the unet/ of a checkpoint exported by `python -m i2vgen.training.demo export --checkpoint`) to use instead of the model's")
+    parser.add_argument("--unet", help="a UNet folder to use instead of the model's (e.g. the unet/ of a "
+                        "checkpoint exported by `python -m i2vgen.training.demo export --checkpoint`)")
     parser.add_argument("--per-motion", type=int, default=25)
     parser.add_argument("--seed", type=int, default=4321)
     parser.add_argument("--split", choices=("eval", "train"), default="eval",

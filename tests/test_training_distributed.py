@@ -196,8 +196,8 @@ def test_a_rank_that_dies_loses_only_the_steps_since_the_checkpoint(single, tmp_
         # Only complete checkpoints have their name (rank 0 may have been writing step 3's into a .partial-*
         # folder when torch stopped it; it is never read and the rerun removes it).
         assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-000002"]
-        assert sorted(p.name for p in (out / "checkpoint-000002").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
-                                                                            "training_state.json"]
+        assert sorted(p.name for p in (out / "checkpoint-000002").iterdir()) == [
+            ".metadata", "__0_0.distcp", "__1_0.distcp", "training_state.json"]
         assert not (out / "pipeline").exists()
         fork(2, tmp_path, _train, config(single / "base", out, 1))  # the rerun takes over the dead run's lock
     assert "resumed from" in (tmp_path / "rank0.log").read_text() and not list(out.glob(".partial-*"))
