@@ -112,6 +112,14 @@ def test_damaged_checkpoints_are_named(capsys, tmp_path, base, damage):
         assert "subprocess.Popen is not part of a checkpoint's index" in line, line
 
 
+def test_a_resume_with_another_global_batch_says_the_order_changes(capsys, tmp_path, base):
+    assert train_cli(capsys, tmp_path, small(base), "--until", "1")[0] == 0
+    (tmp_path / "twice.json").write_text(json.dumps(small(base, output_dir=str(tmp_path / "out"), batch_size=2)))
+    assert main(["--config", str(tmp_path / "twice.json")]) == 0
+    assert (f"{tmp_path / 'out' / 'checkpoint-000001'}'s run had a global batch of 1 samples, this one has 2: the "
+            f"clips follow another order from here (sampler.py)") in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_the_earlier_format_is_one_line(capsys, tmp_path, base):
     checkpoint = tmp_path / "out" / "checkpoint-000001"
     (checkpoint / "unet").mkdir(parents=True)

@@ -5,7 +5,8 @@ number of processes (DDP or FSDP2), or one without a process group, resumes from
     __0_0.distcp, __1_0.distcp ...  one file per rank: its shards under FSDP2; under DDP, where every rank holds
                                     the whole state, DCP has each tensor written once, by one rank, spread evenly
     .metadata                       DCP's index of the pieces of every tensor (rank 0)
-    training_state.json             the step, what trains ("unet" or "lora"), the learning-rate schedule (rank 0)
+    training_state.json             the step, what trains ("unet" or "lora"), the global batch, the learning-rate
+                                    schedule (rank 0)
 
 The tensors (`tensors`): model.* and ema.* - the weights that train (the whole UNet, or the LoRA adapter
 alone); optimizer.* - its state by parameter name (torch.distributed.checkpoint.state_dict); generator - the
@@ -23,6 +24,7 @@ import json
 import logging
 import pickle
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -52,10 +54,10 @@ def tensors(unet, ema_model, optimizer, generator: torch.Generator) -> dict:
             "optimizer": get_optimizer_state_dict(unet, optimizer), "generator": generator.get_state()}
 
 
-def save(output_dir: Path, step: int, unet, ema_model, optimizer, lr_scheduler, generator, trains: str,
+def save(output_dir: Path, step: int, unet, ema_model, optimizer, lr_scheduler, generator, run: dict,
          keep: int, launch: Launch) -> None:
-    """Write <output_dir>/checkpoint-<step>/ (every rank its own file), then prune to the newest `keep`. Every
-    rank calls it."""
+    """Write <output_dir>/checkpoint-<step>/ (every rank its own file; `run`: what trains and the global batch,
+    into training_state.json), then prune to the newest `keep`. Every rank calls it."""
     folder, partial = output_dir / f"checkpoint-{step:06d}", output_dir / f".partial-{step:06d}"
     try:
         with quiet():
@@ -63,8 +65,7 @@ def save(output_dir: Path, step: int, unet, ema_model, optimizer, lr_scheduler, 
                      no_dist=launch.world_size == 1)
         if launch.is_main:
             with _atomic_path(partial / STATE) as tmp:
-                Path(tmp).write_text(json.dumps({"step": step, "trains": trains,
-                                                 "lr_scheduler": lr_scheduler.state_dict()}) + "\n")
+                Path(tmp).write_text(json.dumps({"step": step, **run, "lr_scheduler": lr_scheduler.state_dict()}) + "\n")
     except BaseException as error:  # a full disk, Ctrl-C: no half checkpoint left, the previous ones kept
         if launch.is_main:
             shutil.rmtree(partial, ignore_errors=True)
@@ -102,9 +103,10 @@ def read_state(checkpoint: Path, trains: str) -> dict:
     return state
 
 
-def load(checkpoint: Path, state: dict, unet, ema_model, optimizer, lr_scheduler, generator, launch: Launch) -> int:
-    """Restore a checkpoint into this run's (wrapped) UNet, EMA, optimiser, schedule and generator; returns its
-    step. A damaged checkpoint is one line naming it."""
+def load(checkpoint: Path, state: dict, run: dict, unet, ema_model, optimizer, lr_scheduler, generator,
+         launch: Launch) -> int:
+    """Restore a checkpoint into this run's (wrapped) UNet, EMA, optimiser, schedule and generator, and say so
+    (rank 0); returns its step. A damaged checkpoint is one line naming it."""
     try:
         loaded = tensors(unet, ema_model, optimizer, generator)
         with quiet():
@@ -115,9 +117,14 @@ def load(checkpoint: Path, state: dict, unet, ema_model, optimizer, lr_scheduler
         set_optimizer_state_dict(unet, optimizer, loaded["optimizer"])
         generator.set_state(loaded["generator"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
-        return state["step"]
     except (Exception, CheckpointException) as error:  # noqa: BLE001 - whatever is damaged, one line naming it
         raise damaged(checkpoint, error) from None
+    if launch.is_main:
+        print(f"resumed from {checkpoint} at step {state['step']}", file=sys.stderr)
+        if state.get("global_batch") != run["global_batch"]:  # the clip order is cut into global batches
+            print(f"{checkpoint}'s run had a global batch of {state.get('global_batch')} samples, this one has "
+                  f"{run['global_batch']}: the clips follow another order from here (sampler.py)", file=sys.stderr)
+    return state["step"]
 
 
 def load_ema(checkpoint: Path, module: torch.nn.Module) -> torch.nn.Module:

@@ -338,16 +338,16 @@ def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path
     writer = board.open_writer(output_dir / "tensorboard") if cfg.tensorboard and launch.is_main else None
     unet, scheduler = pipe.unet, pipe.scheduler
     is_lora = cfg.lora is not None
-    trains = "lora" if is_lora else "unet"
+    # What a checkpoint records of the run: what trains, and the global batch that the clip order is cut into.
+    run = {"trains": "lora" if is_lora else "unet",
+           "global_batch": launch.world_size * cfg.batch_size * cfg.gradient_accumulation_steps}
     checkpoint = checkpoints.latest(output_dir)
-    state = checkpoints.read_state(checkpoint, trains) if checkpoint else None  # before the models are built
+    state = checkpoints.read_state(checkpoint, run["trains"]) if checkpoint else None  # before the models are built
     model, trainable, ema, optimizer, lr_scheduler, twin = setup_optimization(unet, cfg, launch)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     if state is not None:
-        step = checkpoints.load(checkpoint, state, unet, ema.model, optimizer, lr_scheduler, generator, launch)
-        if launch.is_main:
-            print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
+        step = checkpoints.load(checkpoint, state, run, unet, ema.model, optimizer, lr_scheduler, generator, launch)
 
     unet.train()
     if cfg.gradient_checkpointing:
@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path
             smoothed = total if smoothed is None else 0.98 * smoothed + 0.02 * total
             log_step(log, bar, step, total, smoothed, lr_scheduler.get_last_lr()[0], time.time() - start_time, writer)
             if step % cfg.checkpoint_every == 0 or step in (cfg.max_steps, until):
-                checkpoints.save(output_dir, step, unet, ema.model, optimizer, lr_scheduler, generator, trains,
+                checkpoints.save(output_dir, step, unet, ema.model, optimizer, lr_scheduler, generator, run,
                                  cfg.keep_checkpoints, launch)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.max_steps):
                 if (ema_unet := parallel.plain(ema.model, twin, launch)) is not None:
