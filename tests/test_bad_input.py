@@ -333,10 +333,10 @@ def test_center_crop_wide_unchanged_for_ordinary_images():
 
 
 def test_huge_frame_size_is_refused_with_the_estimate(capsys, out_dir):
-    line = refused(capsys, out_dir, "--height", "100000", "--width", "100000")
-    assert re.fullmatch(r"i2vgen: error: this video needs at least [\d.]+ GiB of memory beyond the model's weights "
-                        r"and cpu has [\d.]+ GiB free; lower --height and --width \(memory grows with their product\) "
-                        r"or --frames, or pass --force to try anyway", line), line
+    line = refused(capsys, out_dir, "--height", "100000", "--width", "100000", code=2)
+    assert re.fullmatch(r"i2vgen: error: --height 100000, --width 100000, --frames 3, --steps 2 would take at least "
+                        r"[\d,.]+ days on cpu \([\d.]+ EFLOP at [\d.]+ GFLOP/s\), over the limit of 1 h; lower them, or "
+                        r"pass --force to run anyway", line), line
 
 
 def test_pickle_that_runs_code_is_refused(capsys, out_dir, model):
@@ -450,15 +450,16 @@ def test_cpu_offload_without_an_accelerator(pipe, monkeypatch):
 
 # ---- no refusal (were: minutes of CPU time with no estimate) ----
 
-@pytest.mark.parametrize("args", [["--height", "4096", "--width", "4096", "--frames", "16"],
-                                  ["--height", "64", "--width", "64", "--frames", "100000"]])
-def test_memory_estimate_refuses_what_cannot_fit(capsys, out_dir, monkeypatch, args):
-    """On a machine with 8 GiB free (monkeypatched) both are refused; --force goes on to generate."""
-    from i2vgen.pipelines import memory as checks
-
-    monkeypatch.setattr(checks, "available_bytes", lambda device: 8 * 2**30)
-    line = refused(capsys, out_dir, *args)
-    assert "and cpu has 8.0 GiB free; lower --height and --width" in line
+@pytest.mark.parametrize("args, named", [
+    (["--height", "4096", "--width", "4096", "--frames", "16"], "--height 4096, --width 4096, --frames 16, --steps 2"),
+    (["--height", "64", "--width", "64", "--frames", "100000"], "--height 64, --width 64, --frames 100000, --steps 2"),
+])
+def test_huge_requests_are_refused_before_loading(capsys, out_dir, monkeypatch, args, named):
+    """Both would run for days on this CPU: refused, naming the arguments, the estimate and the limit, before the
+    model loads (no "Model:" line); --force goes on to generate."""
+    line = refused(capsys, out_dir, *args, code=2)
+    assert re.fullmatch(rf"i2vgen: error: {named} would take at least [\d,.]+ (days|h) on cpu \([\d.]+ [PE]FLOP at "
+                        r"[\d.]+ GFLOP/s\), over the limit of 1 h; lower them, or pass --force to run anyway", line)
 
     def generating(self, **kwargs):
         raise KeyboardInterrupt  # stand-in for the long generation: only check that it starts
@@ -468,12 +469,26 @@ def test_memory_estimate_refuses_what_cannot_fit(capsys, out_dir, monkeypatch, a
     assert code == 130 and list(out_dir.iterdir()) == []
 
 
+def test_request_that_cannot_fit_is_refused(capsys, out_dir, monkeypatch):
+    """With 1 MiB free (monkeypatched) a 16-frame video at 64 x 64 (1.5 MiB decoded) does not fit: refused, naming
+    what to lower."""
+    from i2vgen.pipelines import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    line = refused(capsys, out_dir, "--frames", "16", "--height", "64", "--width", "64", code=2)
+    assert re.fullmatch(r"i2vgen: error: --height 64, --width 64, --frames 16, --steps 2 need at least [\d.]+ MiB of "
+                        r"memory beyond the weights and cpu has 1.0 MiB free; lower --height and --width \(memory "
+                        r"grows with their product\) or --frames, or pass --force to run anyway", line), line
+
+
 def test_memory_estimate_is_printed_and_small_calls_pass(capsys, out_dir, pipe):
     from i2vgen.pipelines import memory as checks
 
     assert main(["generate", "--image", str(IMAGE), "--prompt", "x", *FAST, "--out", str(out_dir / "v.gif")]) == 0
-    assert re.search(r"^Memory: at least [\d.]+ (GiB|MiB) beyond the weights; [\d.]+ GiB free on cpu$",
-                     capsys.readouterr().err, re.M)
+    err = capsys.readouterr().err
+    assert re.search(r"^Estimate: at least [\d.e-]+ s \([\d.]+ [MG]FLOP at [\d.]+ GFLOP/s measured on cpu\) and "
+                     r"[\d.]+ MiB of memory beyond the weights \([\d.]+ GiB free\)$", err, re.M)
+    assert err.index("Estimate:") < err.index("Model:")  # before the weights load
     # The tiny model at its own size, 16 frames: a few MiB. The estimate is exact arithmetic on the configs:
     # batch 32 x (skips 2 x (32 + 64 / 4) + 2 x (32 + 64)) x 8 x 8 pixels x 4 bytes for the UNet, and the
     # decoded video 2 x 16 x 3 x 64 x 64 x 4 + 3 x 32 x 64 x 64 x 4 bytes, the larger of the two.

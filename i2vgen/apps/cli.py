@@ -2,8 +2,8 @@
 
 Without --model it runs the tiny demo model embedded in a source checkout (weights/tiny-demo: trained here
 on synthetic 64x64 clips of a coloured shape moving left, right, up or down), so it works on any CPU in
-seconds. Every argument is checked before the model loads, and the memory the video needs is estimated
-before generation starts. Errors are one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or
+seconds. Every argument is checked before the model loads, and so are the time and memory the video will take at
+least (estimate.py: printed, and a video over an hour or over the free memory refused unless --force). Errors are one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or
 SIGTERM) leaves no partial video.
 
 The parsed options become a `VideoRequest` and `ModelOptions` (render.py), rendered as the web app and job files
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from i2vgen.apps.estimate import ModelShape, check_estimate, check_request, estimate
 from i2vgen.apps.render import (DTYPES, ModelOptions, UsageError, VideoRequest, check_sampler, load_pipeline,
                                 read_image, render, save_video)
 
@@ -57,7 +58,8 @@ def build_parser(parser_class=argparse.ArgumentParser) -> argparse.ArgumentParse
                      help="load a UNet LoRA (pytorch_lora_weights.safetensors or its folder) at SCALE (default 1.0); "
                           "repeat for several (needs peft: pip install 'i2vgen[lora]')")
     gen.add_argument("--force", action="store_true",
-                     help="generate even when the memory estimate says the video will not fit")
+                     help="generate even when the estimate says the video will take over an hour or not fit in "
+                          "the free memory")
     add_free_noise_options(gen)
     add_batch_options(gen)
     # Listed here for `i2vgen --help`; its arguments belong to the training module (see main).
@@ -121,6 +123,7 @@ def generate(args) -> Path:
     seed = request.seed if request.seed is not None else random.randrange(2**31)
     if args.cfg_parallel:
         return generate_in_pairs(options, request, image, seed)
+    check_request(request, ModelShape.of_folder(options), *options.placement())  # before the weights load
     start = time.perf_counter()
     pipe = load_pipeline(options)
     print(f"Sampler: {request.sampler()[0]}, {request.steps} steps{', cached' if request.fast else ''}",
@@ -142,6 +145,12 @@ def generate_in_pairs(options: ModelOptions, request: VideoRequest, image, seed:
         if launch.world_size != 2:
             raise UsageError(f"--cfg-parallel for one video needs 2 processes, got {launch.world_size} "
                              "(for more, give a job file: --jobs FILE --out-dir DIR)")
+        # Rank 0's estimate for both, so that the pair refuses or goes on together.
+        found = launch.broadcast(estimate(request, ModelShape.of_folder(options), *options.placement(launch.device),
+                                          processes=2) if launch.is_main else None)
+        if launch.is_main:
+            print(found.line(), file=sys.stderr)
+        check_estimate(request, found)
         start = time.perf_counter()
         pipe = load_pipeline(options, launch.device, verbose=launch.is_main)
         pipe.set_progress_bar_config(disable=not launch.is_main)

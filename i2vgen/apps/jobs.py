@@ -5,8 +5,8 @@ The job file has one JSON object a line whose keys are generate's long options w
 comes from the command line; "out" is required and relative to DIR. Every process renders its share
 (i2vgen.distributed) and writes each video through a temporary file renamed into place, and rank 0 prints a
 summary. A video already in DIR is skipped, so a rerun after a crash or a preemption renders only the missing
-ones. A bad job (a missing image, an unknown key) fails alone: its one-line reason goes to the summary and to
-DIR/failures.jsonl, and the others go on.
+ones. A bad job (a missing image, an unknown key, a video that would take over an hour or not fit: estimate.py)
+fails alone: its one-line reason goes to the summary and to DIR/failures.jsonl, and the others go on.
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from i2vgen.apps.estimate import ModelShape, check_estimate, duration, estimate
 from i2vgen.apps.render import ModelOptions, UsageError, VideoRequest, load_pipeline, read_image, render, save_video
 from i2vgen.distributed import CFGParallel, Launch, cfg_pairs, process_group, shard
 from i2vgen.video import _atomic_path, exit_on_sigterm
@@ -130,6 +131,26 @@ def read_jobs(path: Path, defaults: VideoRequest, out_dir: Path) -> list[Job]:
     return jobs
 
 
+def check_costs(jobs: list[Job], options: ModelOptions, launch: Launch, cfg_parallel: bool) -> None:
+    """Rank 0, before any weights load: each job still to render is estimated (estimate.py); one that would take
+    over an hour or not fit fails alone with the reason. Prints the total."""
+    todo = [job for job in jobs if job.error is None and not job.request.out.exists()]
+    if not todo:
+        return
+    shape, (device, dtype) = ModelShape.of_folder(options), options.placement(launch.device)
+    seconds = 0.0
+    for job in todo:
+        found = estimate(job.request, shape, device, dtype, processes=2 if cfg_parallel else 1)
+        try:
+            check_estimate(job.request, found)
+        except UsageError as error:
+            job.error = str(error)
+            continue
+        seconds += found.seconds
+    print(f"Estimate: at least {duration(seconds)} of computing for {len(todo)} video(s) on {device}, shared by "
+          f"{launch.world_size} process(es)", file=sys.stderr)
+
+
 def plan(jobs: list[Job]) -> dict:
     """Rank 0's view, sent to all: the jobs to render (their video is not there yet) and a seed for each job
     that has none (both processes of a pair must use the same)."""
@@ -196,6 +217,8 @@ def run_jobs(path: Path, out_dir: Path, options: ModelOptions, defaults: VideoRe
         if cfg_parallel and launch.world_size % 2:
             raise UsageError(f"--cfg-parallel pairs processes: it needs an even number of them "
                                  f"(torchrun --nproc-per-node 2 ...), got {launch.world_size}")
+        if launch.is_main:
+            check_costs(jobs, options, launch, cfg_parallel)
         todo = launch.broadcast(plan(jobs) if launch.is_main else None)
         exchange = cfg_pairs(launch) if cfg_parallel else None
         unguided = [jobs[i].name for i in todo["pending"] if jobs[i].request.guidance <= 1]

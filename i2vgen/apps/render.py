@@ -36,6 +36,14 @@ class ModelOptions:
     device: str | None = None  # None: cuda if available, else cpu
     lora: list[str] = field(default_factory=list)  # PATH[:SCALE] each
 
+    def placement(self, device=None) -> tuple:
+        """(torch device, weights dtype): `device`, else --device, else cuda if available, else cpu; --dtype, else
+        float16 on CUDA, else float32."""
+        import torch
+
+        device = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return device, getattr(torch, self.dtype or ("float16" if device.type == "cuda" else "float32"))
+
     def check(self):
         from i2vgen.checks import check_device
 
@@ -66,7 +74,7 @@ class VideoRequest:
     fast: bool = False  # pipe.enable_fast_sampling(): the few-step sampler at its step count, with caching
     seed: int | None = None  # None: the caller draws one
     eta: float = 0.0  # DDIM only
-    force: bool = False  # render even when the memory estimate says it will not fit
+    force: bool = False  # render even when the estimate says it will not finish in time or fit (apps/estimate.py)
     prompt_at: list[str] = field(default_factory=list)  # FRAME:TEXT each: the prompt from that frame on
     prompt_interpolation: str = "linear"  # between two given prompts: "linear" blend or "hold" (a cut)
     free_noise: bool = False  # long videos: windowed temporal attention, rescheduled noise (FreeNoise)
@@ -252,14 +260,12 @@ def load_pipeline(options: ModelOptions, device=None, verbose: bool = True):
     """The pipeline the run-wide options ask for (`device` overrides theirs: a process's own under torchrun)."""
     model = resolve_model(options.model)
 
-    import torch
     import transformers
 
     from i2vgen.compat.pipeline import I2VGenXLPipeline
 
     transformers.utils.logging.disable_progress_bar()
-    device = str(device or options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, options.dtype or ("float16" if device.startswith("cuda") else "float32"))
+    device, dtype = options.placement(device)
     if verbose:
         print(f"Model: {model}", file=sys.stderr)
         if options.model is None:
@@ -312,17 +318,16 @@ def render(pipe, request: VideoRequest, image, seed: int, output_type: str = "np
     if notify is None and verbose:
         notify = lambda note: print(f"i2vgen: note: {note}", file=sys.stderr)  # noqa: E731
     with warnings.catch_warnings(record=notify is not None) as caught:
-        frames = _render(pipe, request, image, seed, output_type, callback_on_step_end, verbose)
+        frames = _render(pipe, request, image, seed, output_type, callback_on_step_end)
     for warning in caught or []:
         notify(str(warning.message))
     return frames
 
 
-def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback_on_step_end, verbose: bool):
+def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback_on_step_end):
     import torch
 
     height, width = request.height or pipe.default_size[0], request.width or pipe.default_size[1]
-    check_memory(pipe, request, height, width, verbose)
     released = pipe.scheduler  # the model's own; each video builds its sampler from its config
     pipe.scheduler, steps = build_sampler(released, request)
     if request.fast:
@@ -338,24 +343,6 @@ def _render(pipe, request: VideoRequest, image, seed: int, output_type, callback
     finally:
         pipe.disable_fast_sampling()
         pipe.scheduler = released
-
-
-def check_memory(pipe, request: VideoRequest, height: int, width: int, verbose: bool):
-    """Refuse the video (unless request.force) if the device has less memory free than it needs beyond the
-    weights; verbose: print both figures."""
-    from i2vgen.pipelines import memory
-
-    device = pipe.execution_device
-    needed = memory.estimate_activation_bytes(pipe.unet.config, pipe.vae.config, pipe.dtype, 1, request.frames,
-                                              height, width, guided=request.guidance > 1)
-    available = memory.available_bytes(device)
-    if verbose:
-        amount = f"{needed / 2**30:.2f} GiB" if needed >= 2**30 else f"{needed / 2**20:.1f} MiB"  # tiny models
-        print(f"Memory: at least {amount} beyond the weights; {available / 2**30:.1f} GiB free on {device}",
-              file=sys.stderr)
-    if not request.force:
-        memory.check_memory(needed, available, device, "lower --height and --width (memory grows with their "
-                            "product) or --frames, or pass --force to try anyway")
 
 
 def save_video(frames, request: VideoRequest):

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from i2vgen.apps.estimate import ModelShape, check_estimate, estimate
 from i2vgen.apps.render import (DTYPES, EMBEDDED_MODEL, ModelOptions, UsageError, VideoRequest, load_pipeline,
                                 read_image, render, save_video)
 
@@ -37,11 +38,12 @@ EXAMPLES = [  # the demo's first frames, with a prompt each
 MAX_SEED = 2**31 - 1
 LONG_FRAMES = 128  # the most frames with "Long video" (FreeNoise) on; without it, the frames setting's maximum
 CSS = "#info pre, #info code { white-space: pre-wrap; }"  # the whole command in view
+STOPPED = "**Stopped.** No video was made; press Generate to start again."
 log = logging.getLogger("i2vgen.app")
 
 
 class Setting(NamedTuple):
-    """One option of the page: its slider and the range the server accepts (the same numbers)."""
+    """One option of the page: its label ("Name (note)"), the range the server accepts, its default and step."""
     label: str
     minimum: float
     maximum: float
@@ -66,6 +68,18 @@ def model_settings(pipe, embedded: bool) -> dict[str, Setting]:
         "height": Setting("Height", smallest, height, height, 8),
         "width": Setting("Width", smallest, width, width, 8),
     }
+
+
+def setting_name(s: Setting) -> str:
+    return s.label.split(" (")[0]
+
+
+def allowed(s: Setting) -> str:
+    """The values `s` takes, in words."""
+    if not float(s.step).is_integer():
+        return f"a number from {s.minimum:g} to {s.maximum:g}"
+    return (f"a multiple of {s.step:g} from {s.minimum:g} to {s.maximum:g}" if s.step > 1 else
+            f"a whole number from {s.minimum:g} to {s.maximum:g}")
 
 
 def sampler_names() -> list[str]:
@@ -111,17 +125,16 @@ class AppModel:
         return gr.skip(), ""
 
     def check(self, name: str, value, long_video: bool = False) -> float:
-        """`value` for setting `name`, or UsageError with the allowed range (more frames for a long video)."""
+        """`value` for setting `name`, or UsageError with the allowed range (more frames for a long video). The
+        page's number boxes send what was typed, unclamped, so a value out of range is refused here, never
+        silently moved into it."""
         s = self.settings[name]
         if name == "frames" and long_video:
             s = s._replace(maximum=LONG_FRAMES)
         whole = float(s.step).is_integer()
-        allowed = (f"a multiple of {s.step:g} from {s.minimum:g} to {s.maximum:g}" if whole and s.step > 1 else
-                   f"a whole number from {s.minimum:g} to {s.maximum:g}" if whole else
-                   f"a number from {s.minimum:g} to {s.maximum:g}")
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not s.minimum <= value <= s.maximum
                 or (whole and value % s.step)):
-            raise UsageError(f"{s.label.split(' (')[0]} must be {allowed}, got {value!r}")
+            raise UsageError(f"{setting_name(s)} must be {allowed(s)}, got {value!r}")
         return int(value) if whole else float(value)
 
     def generate(self, image: dict | None, prompt: str, negative_prompt: str, settings: dict,
@@ -162,6 +175,10 @@ class AppModel:
             video.check_long_video()
         except UsageError as error:
             raise UsageError(str(error).replace("--context-length", "Window")) from None
+        found = estimate(video, ModelShape.of_pipeline(self.pipe), self.pipe.execution_device, self.pipe.dtype)
+        log.info(found.line())
+        names = {key: setting_name(self.settings[key]) for key in ("height", "width", "frames", "steps")}
+        check_estimate(video, found, names, hint="")
 
         def on_step_end(pipe, step, t, tensors):
             if self._stopped_at.get(session, -1.0) > requested:
@@ -200,8 +217,9 @@ class AppModel:
 
 
 def _generate_handler(app: AppModel):
-    """The Generate button's handler: the video and its seed and command line, or one line of error on the
-    page (the server's log keeps the traceback)."""
+    """The Generate button's handler: (the video, its seed and command line), or (no video, one line of error).
+    Every message goes to the one status area under the video, replacing the last one, so messages never pile
+    up as toasts would (the server's log keeps an unexpected error's traceback)."""
     import gradio as gr
 
     def run(image, prompt, negative_prompt, frames, fps, steps, guidance, height, width, seed, sampler, long_video,
@@ -213,14 +231,13 @@ def _generate_handler(app: AppModel):
                                                       sampler, request.session_hash, progress, long_video,
                                                       prompt_changes or "")
         except UsageError as error:
-            raise gr.Error(str(error), duration=None, print_exception=False) from None
+            return None, f"**Error:** {error}"
         except Stopped:
-            raise gr.Error("Stopped.", print_exception=False) from None
+            return None, STOPPED
         except Exception as error:  # the page gets one line; the server's log keeps the traceback
             log.exception("generation failed")
             message = str(error).splitlines()[0] if str(error) else ""
-            raise gr.Error(f"Generation failed: {type(error).__name__}: {message}", duration=None,
-                           print_exception=False) from None
+            return None, f"**Generation failed:** {type(error).__name__}: {message}"
         info = "".join(f"**Note:** {note}.\n\n" for note in notes)
         info += (f"Seed **{seed}**. The same video from the command line (with your image file):\n\n"
                 f"```bash\n{command}\n```")
@@ -239,15 +256,18 @@ def build_page(app: AppModel):
 
     def stop(request: gr.Request):
         app.stop(request.session_hash)
-        return None, "**Stopped.** No video was made; press Generate to start again."
+        return None, STOPPED
 
     def leave(request: gr.Request):
         app.stop(request.session_hash)
 
-    def slider(name):
+    def number(name):
+        # A number box, not a slider: a slider's box moves a typed 1000 to its maximum without a word; this one
+        # sends what was typed, and AppModel.check refuses it with the range.
         s = app.settings[name]
-        maximum = LONG_FRAMES if name == "frames" else s.maximum  # the server checks the rest (AppModel.check)
-        return gr.Slider(s.minimum, maximum, value=s.value, step=s.step, label=s.label, elem_id=name)
+        note = s.label.partition(" (")[2].rstrip(")")
+        return gr.Number(s.value, label=setting_name(s), info="; ".join(filter(None, [allowed(s), note])),
+                         step=s.step, elem_id=name)
 
     note = ("The embedded tiny demo model knows only 64x64 synthetic shapes moving left, right, up or down "
             "(try the red circle); run `i2vgen app --model ali-vilab/i2vgen-xl` for real videos."
@@ -265,7 +285,7 @@ def build_page(app: AppModel):
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_button = gr.Button("Stop", elem_id="stop")
                 with gr.Accordion("Settings", open=True):
-                    sliders = [slider(name) for name in ("frames", "fps", "steps", "guidance", "height", "width")]
+                    numbers = [number(name) for name in ("frames", "fps", "steps", "guidance", "height", "width")]
                     seed = gr.Number(-1, precision=0, label="Seed (-1: a random one)", elem_id="seed")
                     sampler = gr.Dropdown(sampler_names(), value="ddim", label="Sampler", elem_id="sampler",
                                           info=f"ddim: the model's own; fast: enable_fast_sampling (with caching), "
@@ -273,7 +293,7 @@ def build_page(app: AppModel):
                 with gr.Accordion("Long video and prompt changes", open=False):
                     long_video = gr.Checkbox(False, label="Long video (FreeNoise): more frames than the model "
                                                           "was trained on", elem_id="long_video")
-                    context_length = slider("context_length")
+                    context_length = number("context_length")
                     prompt_changes = gr.Textbox(label="Prompt changes, one a line: FRAME: prompt", lines=2,
                                                 placeholder="8: a red circle moving left", elem_id="prompt_changes")
             with gr.Column():
@@ -283,7 +303,7 @@ def build_page(app: AppModel):
         gr.Examples([[str(path), text] for path, text in examples if path.is_file()], inputs=[image, prompt])
         # preprocess=False: the handler gets the uploaded file's path and reads it itself, so an unreadable
         # file becomes our one-line message instead of Gradio's own processing error.
-        event = generate.click(run, [image, prompt, negative_prompt, *sliders, seed, sampler, long_video,
+        event = generate.click(run, [image, prompt, negative_prompt, *numbers, seed, sampler, long_video,
                                      context_length, prompt_changes], [video, info],
                                preprocess=False, concurrency_limit=1, api_name="generate")
         stop_button.click(stop, None, [video, info], cancels=[event], queue=False)

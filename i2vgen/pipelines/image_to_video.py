@@ -54,6 +54,13 @@ __all__ = ["ImageToVideoPipeline", "I2VGenXLPipelineOutput", "CLIPImageProcessor
 FAST_CACHE = CacheConfig(cache_interval=2, cache_branch_id=0)
 
 
+def default_size(unet_config, vae_config) -> tuple[int, int]:
+    """(height, width) of a call that passes None: the UNet config's sample_size (in latents, as the reference
+    reads it) times the VAE's scale factor or, when that is unset, the released model's 704 x 1280."""
+    size = unet_config.sample_size
+    return (size * 2 ** (len(vae_config.block_out_channels) - 1),) * 2 if size else (704, 1280)
+
+
 @dataclass
 class I2VGenXLPipelineOutput(BaseOutput):
     """`frames`: per video a list of PIL images ("pil"), (B, F, H, W, 3) array ("np"),
@@ -141,10 +148,8 @@ class ImageToVideoPipeline(FreeNoiseMixin, OffloadMixin):
 
     @property
     def default_size(self) -> tuple[int, int]:
-        """(height, width) used when the call passes None: the UNet config's sample_size (in latents, as the
-        reference reads it) or, when that is unset, the released model's 704 x 1280."""
-        size = self.unet.config.sample_size
-        return (size * self.vae_scale_factor,) * 2 if size else (704, 1280)
+        """(height, width) used when the call passes None (`default_size` below)."""
+        return default_size(self.unet.config, self.vae.config)
 
     def set_progress_bar_config(self, **kwargs):
         """Options for the tqdm bar over denoising steps, e.g. `disable=True`."""

@@ -1,5 +1,5 @@
 """How much memory a call needs beyond the weights, and how much the device has free: the applications
-refuse a video that cannot fit before they spend minutes computing it."""
+refuse a video that cannot fit before they spend minutes computing it (apps/estimate.py)."""
 
 import os
 
@@ -46,10 +46,3 @@ def available_bytes(device: torch.device) -> int:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
-
-def check_memory(needed: int, available: int, device: torch.device, hint: str) -> None:
-    """Refuse, with both figures and how to lower the need, a call that needs more than is available."""
-    if needed > available:
-        gib = 2**30
-        raise MemoryError(f"this video needs at least {needed / gib:.1f} GiB of memory beyond the model's weights "
-                          f"and {device} has {available / gib:.1f} GiB free; {hint}")
