@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -235,6 +236,24 @@ def test_one_video_with_cfg_parallel(tmp_path, sequential_references):
     assert (tmp_path / "b.gif").read_bytes() == (sequential_references / "b.gif").read_bytes()
     assert "CFG-parallel on 2 processes" in (tmp_path / "rank0.log").read_text()
     assert (tmp_path / "rank1.log").read_text() == ""  # the partner computes and stays quiet
+
+
+def test_a_job_that_would_run_for_days_fails_alone(tmp_path):
+    """Estimated before the model loads (apps/estimate.py): the 100000-frame job is refused with the estimate and the
+    limit; the small one is made; with "force" the big one would start (not run here)."""
+    write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "p", "frames": 100000, "out": "long.gif"},
+                                         {"prompt": "p", "seed": 1, "out": "short.gif"}])
+    code, printed = run_in_process(tmp_path, "--jobs", "jobs.jsonl", "--out-dir", "out", *DEFAULTS)
+    assert code == 1 and "i2vgen: 1 done, 0 skipped, 1 failed" in printed
+    assert re.search(r"^Estimate: at least [\d.e-]+ s of computing for 1 video\(s\) on cpu, shared by 1 process\(es\)$",
+                     printed, re.M)
+    assert printed.index("Estimate:") < printed.index("Model:")
+    [failure] = map(json.loads, (tmp_path / "out" / "failures.jsonl").open())
+    assert failure["line"] == 1 and re.fullmatch(
+        r"--height 32, --width 32, --frames 100000, --steps 2 would take at least [\d.]+ (h|days) on cpu \([\d.]+ "
+        r"[TP]FLOP at [\d.]+ GFLOP/s\), over the limit of 1 h; lower them, or pass --force to run anyway",
+        failure["reason"]), failure["reason"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["failures.jsonl", "short.gif"]
 
 
 def test_bad_jobs_fail_alone_with_one_line_reasons(tmp_path):

@@ -138,7 +138,7 @@ def check_costs(jobs: list[Job], options: ModelOptions, launch: Launch, cfg_para
     if not todo:
         return
     shape, (device, dtype) = ModelShape.of_folder(options), options.placement(launch.device)
-    seconds = 0.0
+    seconds, accepted = 0.0, 0
     for job in todo:
         found = estimate(job.request, shape, device, dtype, processes=2 if cfg_parallel else 1)
         try:
@@ -146,8 +146,8 @@ def check_costs(jobs: list[Job], options: ModelOptions, launch: Launch, cfg_para
         except UsageError as error:
             job.error = str(error)
             continue
-        seconds += found.seconds
-    print(f"Estimate: at least {duration(seconds)} of computing for {len(todo)} video(s) on {device}, shared by "
+        seconds, accepted = seconds + found.seconds, accepted + 1
+    print(f"Estimate: at least {duration(seconds)} of computing for {accepted} video(s) on {device}, shared by "
           f"{launch.world_size} process(es)", file=sys.stderr)
 
 

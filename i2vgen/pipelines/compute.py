@@ -56,7 +56,7 @@ def _unet_calls(unet: I2VGenXLUNet, rows: int, text_tokens: int, frames: int, la
     one) for one video of `frames` frames with `rows` rows of context."""
     c, meta = unet.config, torch.device("meta")
     latents = torch.empty(1, c.in_channels, frames, latent_height, latent_width, device=meta)
-    inputs = dict(fps=torch.ones(1, device=meta), image_latents=latents,
+    inputs = dict(fps=torch.ones(rows, device=meta), image_latents=latents,
                   image_embeddings=torch.empty(rows, c.cross_attention_dim, device=meta),
                   encoder_hidden_states=torch.empty(rows, text_tokens, c.cross_attention_dim, device=meta))
     condition = []
