@@ -6,6 +6,7 @@ installs both). Where either is missing they fail with the reason: they never sk
 
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -79,6 +80,9 @@ def test_settings_come_from_the_embedded_model(app):
     (dict(steps="10"), "Denoising steps must be a whole number from 1 to 100, got '10'"),
     (dict(guidance=25), "Guidance scale must be a number from 1 to 20, got 25"),
     (dict(fps=None), "Frames per second must be a whole number from 1 to 60, got None"),
+    (dict(frames=1000), "Frames must be a whole number from 1 to 32, got 1000"),  # were clamped by the sliders
+    (dict(steps=100000), "Denoising steps must be a whole number from 1 to 100, got 100000"),
+    (dict(guidance=-5), "Guidance scale must be a number from 1 to 20, got -5"),
     (dict(seed=-5), "Seed must be -1 (random) or a whole number from 0 to 2147483647, got -5"),
     (dict(sampler="heun"), "Sampler must be one of ddim, unipc, dpm++, sde-dpm++, euler, fast, got 'heun'"),
 ])
@@ -88,6 +92,33 @@ def test_bad_settings_are_one_readable_line(app, change, message):
     with pytest.raises(UsageError) as error:
         app.generate(upload(RED_CIRCLE), PROMPT, "", settings, **extra)
     assert str(error.value) == message
+
+
+def test_the_handler_puts_every_message_in_the_one_status_area(app):
+    """The Generate handler returns (no video, one line) for bad input, never a toast (gr.Error) nor a clamped value."""
+    import gradio as gr
+
+    from i2vgen.apps.web import _generate_handler
+
+    run = _generate_handler(app)
+    values = dict(frames=1000, fps=16, steps=2, guidance=6.0, height=32, width=32)
+    result = run(upload(RED_CIRCLE), PROMPT, "", *values.values(), 0, "ddim", False, 8, "",
+                 gr.Request(session_hash="s"), progress=None)
+    assert result == (None, "**Error:** Frames must be a whole number from 1 to 32, got 1000")
+    result = run(None, PROMPT, "", *FAST.values(), 0, "ddim", False, 8, "", gr.Request(session_hash="s"), progress=None)
+    assert result == (None, "**Error:** Add a first frame: upload an image (or pick an example below the button).")
+
+
+def test_a_video_that_would_take_hours_is_refused(app, monkeypatch):
+    """The estimate (apps/estimate.py) on a device monkeypatched to 1 kFLOP/s: one line with the settings' names, the
+    estimate and the limit, before any model work."""
+    from i2vgen.pipelines import compute
+
+    monkeypatch.setattr(compute, "matmul_flops_per_second", lambda device, dtype: 1e3)
+    with pytest.raises(UsageError) as error:
+        app.generate(upload(RED_CIRCLE), PROMPT, "", FAST, 0)
+    assert re.fullmatch(r"Height 32, Width 32, Frames 2, Denoising steps 2 would take at least [\d,.]+ days on cpu "
+                        r"\([\d.]+ MFLOP at 1 kFLOP/s\), over the limit of 1 h; lower them", str(error.value)), error.value
 
 
 def test_missing_and_unreadable_images(app, tmp_path):
@@ -326,15 +357,34 @@ def test_browser_makes_a_video_of_the_circle_moving_right(page, server, tmp_path
     assert page.hosts == {server.split("/")[2]}
 
 
-def test_browser_bad_input_shows_a_message(page, tmp_path):
+def test_browser_bad_input_shows_one_message_at_a_time(page, tmp_path):
+    """Each bad input's message replaces the last one in the status area (#info): after five, one message is in
+    view and no toast. Out-of-range settings typed in the boxes are refused with their range, not clamped."""
+    from playwright.sync_api import expect
+
+    info = page.locator("#info")
     page.click("#generate")  # no image
-    page.get_by_text("Add a first frame: upload an image").wait_for()
+    expect(info).to_have_text("Error: Add a first frame: upload an image (or pick an example below the button).")
     bad = tmp_path / "not_an_image.png"
     bad.write_bytes(b"not an image")
     page.locator("#image input[type=file]").set_input_files(str(bad))
-    page.click("#generate")
-    page.get_by_text("cannot read image not_an_image.png").wait_for()
-    page.wait_for_timeout(500)  # let the message finish fading in before the screenshot
+    expect(info).to_contain_text("Not an image: cannot read image not_an_image.png")
+    page.locator("#image input[type=file]").set_input_files(str(RED_CIRCLE))
+    page.locator("#prompt textarea").fill(PROMPT)
+    for name, value, message in (("frames", "1000", "Frames must be a whole number from 1 to 32, got 1000"),
+                                 ("steps", "100000", "Denoising steps must be a whole number from 1 to 100, got 100000"),
+                                 ("guidance", "-5", "Guidance scale must be a number from 1 to 20, got -5")):
+        box = page.locator(f"#{name} input[type=number]")
+        default = box.input_value()
+        box.fill(value)
+        box.press("Enter")
+        page.click("#generate")
+        expect(info).to_have_text(f"Error: {message}")
+        box.fill(default)
+        box.press("Enter")
+    page.wait_for_timeout(500)  # a toast would have appeared by now
+    assert page.locator("[data-testid='toast-body']").count() == 0
+    assert page.get_by_text("Add a first frame").count() == 0 and page.get_by_text("Not an image").count() == 0
     screenshot(page, tmp_path, "app_error.png")
     assert "Traceback" not in page.inner_text("body")
 
