@@ -35,9 +35,9 @@ class ModelShape:
 
         folder = local_folder(resolve_model(options.model), options.variant)
         text = read_config(folder / "text_encoder").get("max_position_embeddings")
-        return cls(I2VGenXLUNet.config_class.from_dict(read_config(folder / "unet"), str(folder / "unet")),
-                   AutoencoderKL.config_class.from_dict(read_config(folder / "vae"), str(folder / "vae")),
-                   text if isinstance(text, int) and text > 0 else 77)
+        unet = I2VGenXLUNet.config_class.from_dict(read_config(folder / "unet"), str(folder / "unet/config.json"))
+        vae = AutoencoderKL.config_class.from_dict(read_config(folder / "vae"), str(folder / "vae/config.json"))
+        return cls(unet, vae, text if isinstance(text, int) and text > 0 else 77)
 
     @classmethod
     def of_pipeline(cls, pipe) -> "ModelShape":
