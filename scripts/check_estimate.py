@@ -25,18 +25,22 @@ from i2vgen.models.unet import I2VGenXLUNet, I2VGenXLUNetConfig
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "assets" / "red_circle.png"
 CASES = [  # (name, wide UNet?, request options)
-    ("tiny demo 64x64, 8 frames, 25 steps, guided", False, dict(height=64, width=64, frames=8, steps=25, guidance=6.0)),
+    ("tiny demo 64x64, 8 frames, 25 steps, guided", False,
+     dict(height=64, width=64, frames=8, steps=25, guidance=6.0)),
     ("tiny demo 64x64, 16 frames, 25 steps, unguided", False,
      dict(height=64, width=64, frames=16, steps=25, guidance=1.0)),
-    ("wide UNet 128x128, 8 frames, 4 steps, guided", True, dict(height=128, width=128, frames=8, steps=4, guidance=6.0)),
-    ("wide UNet 256x256, 4 frames, 2 steps, guided", True, dict(height=256, width=256, frames=4, steps=2, guidance=6.0)),
+    ("wide UNet 128x128, 8 frames, 4 steps, guided", True,
+     dict(height=128, width=128, frames=8, steps=4, guidance=6.0)),
+    ("wide UNet 256x256, 4 frames, 2 steps, guided", True,
+     dict(height=256, width=256, frames=4, steps=2, guidance=6.0)),
 ]
 
 
 def wide_unet(cross_attention_dim: int) -> I2VGenXLUNet:
     torch.manual_seed(0)
-    return I2VGenXLUNet(I2VGenXLUNetConfig(block_out_channels=(64, 128, 256, 256), cross_attention_dim=cross_attention_dim,
-                                           attention_head_dim=32, norm_num_groups=32)).eval()
+    config = I2VGenXLUNetConfig(block_out_channels=(64, 128, 256, 256), cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=32, norm_num_groups=32)
+    return I2VGenXLUNet(config).eval()
 
 
 def measure(pipe, request: VideoRequest, image) -> float:

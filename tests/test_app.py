@@ -118,7 +118,7 @@ def test_a_video_that_would_take_hours_is_refused(app, monkeypatch):
     with pytest.raises(UsageError) as error:
         app.generate(upload(RED_CIRCLE), PROMPT, "", FAST, 0)
     assert re.fullmatch(r"Height 32, Width 32, Frames 2, Denoising steps 2 would take at least [\d,.]+ days on cpu "
-                        r"\([\d.]+ MFLOP at 1 kFLOP/s\), over the limit of 1 h; lower them", str(error.value)), error.value
+                        r"\([\d.]+ MFLOP at 1 kFLOP/s\), over the limit of 1 h; lower them", str(error.value))
 
 
 def test_missing_and_unreadable_images(app, tmp_path):
@@ -371,9 +371,10 @@ def test_browser_bad_input_shows_one_message_at_a_time(page, tmp_path):
     expect(info).to_contain_text("Not an image: cannot read image not_an_image.png")
     page.locator("#image input[type=file]").set_input_files(str(RED_CIRCLE))
     page.locator("#prompt textarea").fill(PROMPT)
-    for name, value, message in (("frames", "1000", "Frames must be a whole number from 1 to 32, got 1000"),
-                                 ("steps", "100000", "Denoising steps must be a whole number from 1 to 100, got 100000"),
-                                 ("guidance", "-5", "Guidance scale must be a number from 1 to 20, got -5")):
+    for name, value, message in (
+            ("frames", "1000", "Frames must be a whole number from 1 to 32, got 1000"),
+            ("steps", "100000", "Denoising steps must be a whole number from 1 to 100, got 100000"),
+            ("guidance", "-5", "Guidance scale must be a number from 1 to 20, got -5")):
         box = page.locator(f"#{name} input[type=number]")
         default = box.input_value()
         box.fill(value)

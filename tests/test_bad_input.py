@@ -335,8 +335,8 @@ def test_center_crop_wide_unchanged_for_ordinary_images():
 def test_huge_frame_size_is_refused_with_the_estimate(capsys, out_dir):
     line = refused(capsys, out_dir, "--height", "100000", "--width", "100000", code=2)
     assert re.fullmatch(r"i2vgen: error: --height 100000, --width 100000, --frames 3, --steps 2 would take at least "
-                        r"[\d,.]+ days on cpu \([\d.]+ EFLOP at [\d.]+ GFLOP/s\), over the limit of 1 h; lower them, or "
-                        r"pass --force to run anyway", line), line
+                        r"[\d,.]+ days on cpu \([\d.]+ EFLOP at [\d.]+ GFLOP/s\), over the limit of 1 h; lower "
+                        r"them, or pass --force to run anyway", line), line
 
 
 def test_pickle_that_runs_code_is_refused(capsys, out_dir, model):

@@ -3,8 +3,8 @@
 Without --model it runs the tiny demo model embedded in a source checkout (weights/tiny-demo: trained here
 on synthetic 64x64 clips of a coloured shape moving left, right, up or down), so it works on any CPU in
 seconds. Every argument is checked before the model loads, and so are the time and memory the video will take at
-least (estimate.py: printed, and a video over an hour or over the free memory refused unless --force). Errors are one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or
-SIGTERM) leaves no partial video.
+least (estimate.py: printed, and a video over an hour or over the free memory refused unless --force). Errors are
+one line on stderr and a non-zero exit; an interrupted run (Ctrl-C or SIGTERM) leaves no partial video.
 
 The parsed options become a `VideoRequest` and `ModelOptions` (render.py), rendered as the web app and job files
 render theirs; `i2vgen app`, `i2vgen eval` and `--jobs` are dispatched to web.py, evaluate.py and jobs.py.

@@ -59,12 +59,13 @@ class Estimate:
 
     def line(self) -> str:
         return (f"Estimate: at least {duration(self.seconds)} ({_si(self.flops, 'FLOP')} at "
-                f"{_si(self.flops_per_second, 'FLOP/s')} measured on {self.device}) and {_bytes(self.needed)} of memory "
-                f"beyond the weights ({_bytes(self.available)} free)")
+                f"{_si(self.flops_per_second, 'FLOP/s')} measured on {self.device}) and {_bytes(self.needed)} of "
+                f"memory beyond the weights ({_bytes(self.available)} free)")
 
 
 def estimate(request: VideoRequest, shape: ModelShape, device, dtype, processes: int = 1) -> Estimate:
-    """The checked `request`'s estimate on `device` in `dtype`; `processes` 2: its guidance halves on two (CFG-parallel)."""
+    """The checked `request`'s estimate on `device` in `dtype`; `processes` 2: its guidance halves run on two
+    processes (CFG-parallel)."""
     from i2vgen.models.frame_windows import FrameWindows
     from i2vgen.pipelines import compute, memory
     from i2vgen.pipelines.image_to_video import FAST_CACHE, default_size

@@ -19,6 +19,7 @@ follows exactly, since everything but the windowed attention is linear in the fr
 import functools
 import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -29,6 +30,9 @@ from i2vgen.models.cache import CacheConfig
 from i2vgen.models.frame_windows import FrameWindows, frame_windows
 from i2vgen.models.unet import I2VGenXLUNet
 from i2vgen.models.vae import AutoencoderKL
+
+
+_LOCK = threading.Lock()
 
 
 def _key(config) -> str:
@@ -74,7 +78,8 @@ def unet_flops(unet: I2VGenXLUNet, rows: int, text_tokens: int, frames: int, lat
     FLOPs = a + b frames + c windows, exact because the windowed attention is all that does not grow with the
     frames alone."""
     unet.enable_frame_windows(windows)
-    unet.enable_cache(cache) if cache is not None else unet.disable_cache()
+    if cache is not None:
+        unet.enable_cache(cache)
     try:
         if windows is None or len(frame_windows(frames, windows.context_length, windows.context_stride)) <= 3:
             return _unet_calls(unet, rows, text_tokens, frames, latent_height, latent_width)
@@ -95,8 +100,9 @@ def call_flops(unet_config, vae_config, text_tokens: int, frames: int, height: i
     """FLOPs of one video: `unet_calls` UNet calls on the guidance batch (with `cache`, a full pass every
     cache_interval calls and cached calls between), its conditioning (`text_tokens`: the text encoder's length),
     and the VAE (see the module docstring for what is counted)."""
-    unet, vae = _meta_models(_key(unet_config), _key(vae_config))
-    return _flops(unet, vae, text_tokens, frames, height, width, unet_calls, guided, windows, cache)
+    with _LOCK:  # the meta models are shared, and a count switches their windows and cache
+        unet, vae = _meta_models(_key(unet_config), _key(vae_config))
+        return _flops(unet, vae, text_tokens, frames, height, width, unet_calls, guided, windows, cache)
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,8 +121,8 @@ def _flops(unet, vae, text_tokens, frames, height, width, unet_calls, guided, wi
 def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, budget: float = 0.5) -> float:
     """The device's throughput on square matmuls in `dtype` (4096 wide on CUDA; else 1024, or 256 in half precision,
     which CPUs without half-precision units compute at about 1 GFLOP/s), measured now: the best of up to 10 after a
-    warm-up, within about `budget` seconds. The UNet's mix of convolutions, attention and
-    elementwise work runs slower than this, so FLOPs / this is a lower bound on the time."""
+    warm-up, within about `budget` seconds. The UNet's mix of convolutions, attention and elementwise work runs
+    slower than this, so FLOPs / this is a lower bound on the time."""
     size = 4096 if device.type == "cuda" else 1024 if dtype.itemsize >= 4 else 256
     a = torch.randn(size, size, device=device).to(dtype)
     best, start = math.inf, time.perf_counter()
