@@ -1,6 +1,6 @@
 """Check the time estimate that `i2vgen generate` prints (i2vgen/apps/estimate.py) against measured wall times.
 
-    python scripts/check_estimate.py            # the cases below, on this machine's CPU; prints a markdown table
+    python scripts/check_estimate.py [--threads 1] [--only 0 2]   # the cases below on this CPU: a markdown table
 
 For each case: the estimate (FLOPs counted on meta tensors over the matmul throughput measured just before), then
 the wall time of the same video through the same render path as the CLI (one 1-step warm-up call first, so that
@@ -54,7 +54,10 @@ def measure(pipe, request: VideoRequest, image) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", help="case numbers to run (default: all)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tiny = I2VGenXLPipeline.from_pretrained(EMBEDDED_MODEL)
     tiny.set_progress_bar_config(disable=True)
     wide = I2VGenXLPipeline(**{**tiny.components, "unet": wide_unet(tiny.unet.config.cross_attention_dim)})

@@ -102,19 +102,20 @@ def call_flops(unet_config, vae_config, text_tokens: int, frames: int, height: i
     and the VAE (see the module docstring for what is counted)."""
     with _LOCK:  # the meta models are shared, and a count switches their windows and cache
         unet, vae = _meta_models(_key(unet_config), _key(vae_config))
-        return _flops(unet, vae, text_tokens, frames, height, width, unet_calls, guided, windows, cache)
+        encode, full, cached, vae_encode, vae_decode = _counts(unet, vae, text_tokens, frames, height, width, guided,
+                                                               windows, cache)
+    full_calls = math.ceil(unet_calls / (cache.cache_interval if cache is not None else 1))
+    return encode + full_calls * full + (unet_calls - full_calls) * cached + vae_encode + frames * vae_decode
 
 
 @functools.lru_cache(maxsize=64)
-def _flops(unet, vae, text_tokens, frames, height, width, unet_calls, guided, windows, cache) -> int:
+def _counts(unet, vae, text_tokens, frames, height, width, guided, windows, cache) -> tuple[int, ...]:
+    """unet_flops's three counts, then the VAE's encode of one image and decode of one frame."""
     scale, meta = 2 ** (len(vae.config.block_out_channels) - 1), torch.device("meta")
-    encode, full, cached = unet_flops(unet, 2 if guided else 1, text_tokens, frames, height // scale, width // scale,
-                                      windows, cache)
-    full_calls = math.ceil(unet_calls / (cache.cache_interval if cache is not None else 1))
     image = torch.empty(1, vae.config.in_channels, height, width, device=meta)
     latent = torch.empty(1, vae.config.latent_channels, height // scale, width // scale, device=meta)
-    return (encode + full_calls * full + (unet_calls - full_calls) * cached + _count(lambda: vae.encode(image))
-            + frames * _count(lambda: vae.decode(latent)))
+    return (*unet_flops(unet, 2 if guided else 1, text_tokens, frames, height // scale, width // scale, windows, cache),
+            _count(lambda: vae.encode(image)), _count(lambda: vae.decode(latent)))
 
 
 @functools.lru_cache(maxsize=8)
