@@ -6,7 +6,7 @@ weights load where they can.
   request) over the device's matmul throughput, measured now; refused above MAX_SECONDS;
 - memory: at least pipelines/memory.py's bound beyond the weights; refused above the device's free memory.
 Both are lower bounds, so what is refused would take longer or need more; `force` (--force) goes on anyway.
-Measured against real runs in README.md ("Bad input").
+Checked against measured wall times in README.md ("Command line"; scripts/check_estimate.py).
 """
 
 import sys
