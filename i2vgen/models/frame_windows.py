@@ -15,6 +15,7 @@ that runs across frames (the temporal transformers, `transformer_in`, the image-
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 
 WEIGHTING_SCHEMES = ("flat", "pyramid", "delayed_reverse_sawtooth")
 
@@ -66,19 +67,30 @@ class FrameWindows:
 
     def fuse(self, attend, x: torch.Tensor) -> torch.Tensor:
         """attend(x) for x (N, F, C), attention along dim 1, computed per window and fused (eq. 9 above).
-        The weights are summed per frame first, so each frame's output is a convex combination of windows."""
+
+        The windows run as one batch, ((N W), L, C), in one call of `attend` (one attention, not W), and each
+        frame's output is the sum, in window order, of its windows' outputs times their shares (the weights summed
+        per frame first, so each frame's output is a convex combination of windows)."""
         num_frames = x.shape[1]
         windows = frame_windows(num_frames, self.context_length, self.context_stride)
-        weights = [torch.tensor(window_weights(end - start, self.weighting_scheme), dtype=torch.float64)
-                   for start, end in windows]
-        total = torch.zeros(num_frames, dtype=torch.float64)
-        for (start, end), w in zip(windows, weights):
-            total[start:end] += w
-        out = None
-        for (start, end), w in zip(windows, weights):
-            share = (w / total[start:end]).to(x.device, x.dtype)[:, None]  # (L, 1): this window's part of each frame
-            part = attend(x[:, start:end]) * share
-            if out is None:
-                out = x.new_zeros((x.shape[0], num_frames, part.shape[-1]))
-            out[:, start:end] += part
+        if len(windows) == 1:  # [0, F): its share is 1 for every frame
+            return attend(x)
+        length = windows[0][1] - windows[0][0]  # every window is context_length frames once F > context_length
+        index = torch.tensor([list(range(start, end)) for start, end in windows], device=x.device)  # (W, L)
+        parts = attend(rearrange(x[:, index], "n w l c -> (n w) l c"))
+        parts = rearrange(parts, "(n w) l c -> n w l c", w=len(windows)) * self._shares(windows, length, x)
+        out = x.new_zeros((x.shape[0], num_frames, parts.shape[-1]))
+        for w, (start, end) in enumerate(windows):
+            out[:, start:end] += parts[:, w]
         return out
+
+    def _shares(self, windows: list[tuple[int, int]], length: int, x: torch.Tensor) -> torch.Tensor:
+        """(W, L, 1): each window's part of each of its frames, weight / (sum of the frame's weights), float64
+        arithmetic, then x's dtype."""
+        weights = window_weights(length, self.weighting_scheme)
+        total = [0.0] * windows[-1][1]
+        for start, end in windows:
+            for j in range(start, end):
+                total[j] += weights[j - start]
+        shares = [[[weights[j - start] / total[j]] for j in range(start, end)] for start, end in windows]
+        return torch.tensor(shares, dtype=torch.float64).to(x.device, x.dtype)
