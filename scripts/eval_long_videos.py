@@ -109,14 +109,15 @@ def use(pipe, method: str, interpolation: str = "linear"):
     pipe.set_prompt_interpolation(INTERPOLATIONS[interpolation])
 
 
-def evaluate(pipe, per_direction: int, seed: int, split: str = "eval") -> tuple[dict, dict]:
+def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=("plain", "free_noise")
+             ) -> tuple[dict, dict]:
     """All trials' measurements, and the example videos (the first trial of "right" and of "down")."""
     rng = np.random.default_rng(seed)  # as eval_demo: held-out first frames, the same draws
     specs = [sample_spec(rng, split, direction=d) for d in DIRECTIONS for _ in range(per_direction)]
     results, examples = {"switching": {}, "single": {}}, {}
     caption = lambda spec, d: spec.caption.rsplit(" ", 1)[0] + f" {d}"  # noqa: E731  "a red circle moving" + d
     for interpolation in ("hold", "linear"):
-        for method in ("plain", "free_noise"):
+        for method in methods:
             use(pipe, method, interpolation)
             trials, start = [], time.time()
             for i, spec in enumerate(specs):
@@ -131,7 +132,7 @@ def evaluate(pipe, per_direction: int, seed: int, split: str = "eval") -> tuple[
     use(pipe, "plain")
     references = [run(pipe, spec, spec.caption, SEGMENT, seed + i) for i, spec in enumerate(specs)]
     for frames in (16, 24):
-        for method in ("plain", "free_noise"):
+        for method in methods:
             use(pipe, method)
             trials, start = [], time.time()
             for i, spec in enumerate(specs):
@@ -170,16 +171,20 @@ def main(argv=None):
     parser.add_argument("--split", choices=("eval", "train"), default="eval",
                         help="first frames from the held-out split (default) or, to compare settings without "
                              "looking at the held-out frames, from the training split")
+    parser.add_argument("--methods", nargs="+", choices=("plain", "free_noise"), default=["plain", "free_noise"],
+                        help="which methods to run (a grid of FreeNoise settings needs plain generation once)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another FreeNoise setting than SETTINGS', e.g. context_stride=4 (for --split train)")
     args = parser.parse_args(argv)
+    if args.gifs and len(args.methods) < 2:
+        parser.error("--gifs shows plain and FreeNoise side by side: it needs both --methods")
     for item in args.set:
         key, _, value = item.partition("=")
         SETTINGS[key] = int(value) if value.isdigit() else value
     torch.set_num_threads(1)
     pipe = I2VGenXLPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split)
+    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split, args.methods)
     report = summary(results)
     print(json.dumps(report, indent=2))
     if args.json:

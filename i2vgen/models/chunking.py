@@ -38,8 +38,10 @@ class Chunkable:
 
     forward_chunk_size: int | None = None
 
-    def _per_frame(self, layer, x: torch.Tensor, *args, num_frames: int) -> torch.Tensor:
-        return per_frame(layer, x, *args, chunk=self.forward_chunk_size, num_frames=num_frames)
+    def _per_frame(self, layer, x: torch.Tensor, *args, num_frames: int, row_elements: int | None = None
+                   ) -> torch.Tensor:
+        return per_frame(layer, x, *args, chunk=self.forward_chunk_size, num_frames=num_frames,
+                         row_elements=row_elements)
 
 
 def set_forward_chunking(model: torch.nn.Module, chunk_size: int | None):
@@ -48,14 +50,16 @@ def set_forward_chunking(model: torch.nn.Module, chunk_size: int | None):
             module.forward_chunk_size = chunk_size
 
 
-def per_frame(fn, x: torch.Tensor, *args, chunk: int | None, num_frames: int) -> torch.Tensor:
+def per_frame(fn, x: torch.Tensor, *args, chunk: int | None, num_frames: int, row_elements: int | None = None
+              ) -> torch.Tensor:
     """fn(x, *args) for a per-frame layer, x ((b f), ...), run `chunk` frames of one video at a time (at least
-    MIN_CHUNK_ELEMENTS, and a divisor of num_frames so that no slice straddles two videos). An argument with a row
-    per frame is sliced with x (the timestep embedding); one with a row per video gives the slice its video's
+    MIN_CHUNK_ELEMENTS of the layer's input, whose rows have `row_elements` elements, x's by default, and a
+    divisor of num_frames so that no slice straddles two videos). An argument with a row per frame is sliced
+    with x (the timestep embedding, a skip connection); one with a row per video gives the slice its video's
     row (the context)."""
     if chunk is None:
         return fn(x, *args)
-    frames = max(chunk, math.ceil(MIN_CHUNK_ELEMENTS / x[0].numel()))
+    frames = max(chunk, math.ceil(MIN_CHUNK_ELEMENTS / (row_elements or x[0].numel())))
     frames = max(d for d in range(1, min(frames, num_frames) + 1) if num_frames % d == 0)
     return fn(x, *args) if frames == num_frames else chunked(fn, x, *args, size=frames)
 

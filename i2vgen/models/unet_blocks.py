@@ -125,12 +125,19 @@ class UpBlock3D(Chunkable, nn.Module):
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, num_frames: int,
                 context: torch.Tensor | None = None, upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """`skips` are this block's skip connections in the order the down path produced them."""
-        for i, skip in enumerate(reversed(skips)):
+        """`skips` are this block's skip connections in the order the down path produced them. The list is
+        emptied as its skips are read, so each is freed once its layer has read it (under autograd a copy is
+        emptied: an activation checkpoint's recompute reads the list again)."""
+        skips = list(skips) if torch.is_grad_enabled() else skips
+        for i in range(len(self.resnets)):
+            skip = skips.pop()
             if self.b1 is not None:
                 x, skip = apply_freeu(self.resolution_idx, x, skip, self.s1, self.s2, self.b1, self.b2)
-            # The concatenation lives only while the resnet reads it.
-            x = self._per_frame(self.resnets[i], torch.cat([x, skip], dim=1), temb, num_frames=num_frames)
+            # The concatenation exists only inside the resnet's call (one slice of frames at a time when forward
+            # chunking is on); the block's input and the skip are dropped once the resnet has read them.
+            x = self._per_frame(self._resnet_on_skip, x, skip, temb, i, num_frames=num_frames,
+                                row_elements=x[0].numel() + skip[0].numel())
+            del skip
             x = self.temp_convs[i](x, num_frames)
             if self.attentions is not None:
                 x = self._per_frame(self.attentions[i], x, context, num_frames=num_frames)
@@ -138,3 +145,7 @@ class UpBlock3D(Chunkable, nn.Module):
         if self.upsamplers is not None:
             x = self._per_frame(self.upsamplers[0], x, upsample_size, num_frames=num_frames)
         return x
+
+    def _resnet_on_skip(self, x: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor, i: int) -> torch.Tensor:
+        """Layer i's resnet on x and its skip connection, concatenated along channels."""
+        return self.resnets[i](torch.cat([x, skip], dim=1), temb)
