@@ -109,14 +109,14 @@ def use(pipe, method: str, interpolation: str = "linear"):
     pipe.set_prompt_interpolation(INTERPOLATIONS[interpolation])
 
 
-def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=("plain", "free_noise")
-             ) -> tuple[dict, dict]:
+def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=("plain", "free_noise"),
+             interpolations=("hold", "linear"), single_frames=(16, 24)) -> tuple[dict, dict]:
     """All trials' measurements, and the example videos (the first trial of "right" and of "down")."""
     rng = np.random.default_rng(seed)  # as eval_demo: held-out first frames, the same draws
     specs = [sample_spec(rng, split, direction=d) for d in DIRECTIONS for _ in range(per_direction)]
     results, examples = {"switching": {}, "single": {}}, {}
     caption = lambda spec, d: spec.caption.rsplit(" ", 1)[0] + f" {d}"  # noqa: E731  "a red circle moving" + d
-    for interpolation in ("hold", "linear"):
+    for interpolation in interpolations:
         for method in methods:
             use(pipe, method, interpolation)
             trials, start = [], time.time()
@@ -130,8 +130,8 @@ def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=(
             results["switching"][f"{interpolation}/{method}"] = trials
             print(f"switching {interpolation} {method}: {time.time() - start:.0f} s", file=sys.stderr)
     use(pipe, "plain")
-    references = [run(pipe, spec, spec.caption, SEGMENT, seed + i) for i, spec in enumerate(specs)]
-    for frames in (16, 24):
+    references = [run(pipe, spec, spec.caption, SEGMENT, seed + i) for i, spec in enumerate(specs) if single_frames]
+    for frames in single_frames:
         for method in methods:
             use(pipe, method)
             trials, start = [], time.time()
@@ -173,6 +173,10 @@ def main(argv=None):
                              "looking at the held-out frames, from the training split")
     parser.add_argument("--methods", nargs="+", choices=("plain", "free_noise"), default=["plain", "free_noise"],
                         help="which methods to run (a grid of FreeNoise settings needs plain generation once)")
+    parser.add_argument("--interpolations", nargs="*", choices=("hold", "linear"), default=["hold", "linear"],
+                        help="prompt interpolations of the switching case")
+    parser.add_argument("--single-frames", nargs="*", type=int, choices=(16, 24), default=[16, 24],
+                        help="lengths of the single-prompt case")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another FreeNoise setting than SETTINGS', e.g. context_stride=4 (for --split train)")
     args = parser.parse_args(argv)
@@ -184,7 +188,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     pipe = I2VGenXLPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split, args.methods)
+    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split, args.methods,
+                                 args.interpolations, args.single_frames)
     report = summary(results)
     print(json.dumps(report, indent=2))
     if args.json:
