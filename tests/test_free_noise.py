@@ -72,6 +72,27 @@ def test_windowed_attention_sees_only_its_window():
     assert torch.equal(attention(x), plain)
 
 
+
+@torch.no_grad()
+@pytest.mark.parametrize("frames, length, stride, scheme",
+                         [(24, 8, 2, "pyramid"), (21, 8, 3, "delayed_reverse_sawtooth"), (13, 4, 4, "flat")])
+def test_batched_windows_equal_one_attention_per_window(frames, length, stride, scheme):
+    """fuse runs all windows as one batch: bit for bit what one attention call per window gives, each frame's
+    output summed over its windows in window order (float32, where another order or kernel would show)."""
+    torch.manual_seed(0)
+    attention = Attention(16, heads=2, head_dim=8)
+    x = torch.randn(7, frames, 16)
+    windows = frame_windows(frames, length, stride)
+    weights = [torch.tensor(window_weights(length, scheme), dtype=torch.float64) for _ in windows]
+    total = torch.zeros(frames, dtype=torch.float64)
+    for (start, end), w in zip(windows, weights):
+        total[start:end] += w
+    expected = torch.zeros(7, frames, 16)
+    for (start, end), w in zip(windows, weights):
+        expected[:, start:end] += attention._attend(x[:, start:end]) * (w / total[start:end]).float()[:, None]
+    attention.frame_windows = FrameWindows(length, stride, scheme)
+    assert torch.equal(attention(x), expected)
+
 # ---- the UNet's switch ----
 
 def test_unet_switch_reaches_every_attention_across_frames_and_no_other():
