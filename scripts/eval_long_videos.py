@@ -109,24 +109,31 @@ def use(pipe, method: str, interpolation: str = "linear"):
     pipe.set_prompt_interpolation(INTERPOLATIONS[interpolation])
 
 
-def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=("plain", "free_noise"),
-             interpolations=("hold", "linear"), single_frames=(16, 24)) -> tuple[dict, dict]:
-    """All trials' measurements, and the example videos (the first trial of "right" and of "down")."""
+def draw_specs(per_direction: int, seed: int, split: str) -> list:
     rng = np.random.default_rng(seed)  # as eval_demo: held-out first frames, the same draws
-    specs = [sample_spec(rng, split, direction=d) for d in DIRECTIONS for _ in range(per_direction)]
-    results, examples = {"switching": {}, "single": {}}, {}
-    caption = lambda spec, d: spec.caption.rsplit(" ", 1)[0] + f" {d}"  # noqa: E731  "a red circle moving" + d
+    return [sample_spec(rng, split, direction=d) for d in DIRECTIONS for _ in range(per_direction)]
+
+
+def caption(spec, direction: str) -> str:
+    return spec.caption.rsplit(" ", 1)[0] + f" {direction}"  # "a red circle moving" + direction
+
+
+def switch_schedule(spec) -> dict:
+    d = spec.direction
+    return {0: caption(spec, d), 8: caption(spec, OPPOSITE[d]), 16: caption(spec, d)}
+
+
+def evaluate(pipe, specs: list, seed: int, methods=("plain", "free_noise"), interpolations=("hold", "linear"),
+             single_frames=(16, 24)) -> dict:
+    """All trials' measurements."""
+    results = {"switching": {}, "single": {}}
     for interpolation in interpolations:
         for method in methods:
             use(pipe, method, interpolation)
             trials, start = [], time.time()
             for i, spec in enumerate(specs):
-                d = spec.direction
-                schedule = {0: caption(spec, d), 8: caption(spec, OPPOSITE[d]), 16: caption(spec, d)}
-                video = run(pipe, spec, schedule, 24, seed + i)
-                trials.append(switching(video, d) | {"direction": d})
-                if i % per_direction == 0 and d in ("right", "down"):
-                    examples[f"switch_{d}_{interpolation}", method] = video
+                video = run(pipe, spec, switch_schedule(spec), 24, seed + i)
+                trials.append(switching(video, spec.direction) | {"direction": spec.direction})
             results["switching"][f"{interpolation}/{method}"] = trials
             print(f"switching {interpolation} {method}: {time.time() - start:.0f} s", file=sys.stderr)
     use(pipe, "plain")
@@ -138,12 +145,25 @@ def evaluate(pipe, per_direction: int, seed: int, split: str = "eval", methods=(
             for i, spec in enumerate(specs):
                 video = run(pipe, spec, spec.caption, frames, seed + i)
                 trials.append(single(video, references[i], spec.direction) | {"direction": spec.direction})
-                if i == 0:
-                    examples[f"single_{frames}", method] = video
             results["single"][f"{frames}/{method}"] = trials
             print(f"single {frames} {method}: {time.time() - start:.0f} s", file=sys.stderr)
     use(pipe, "plain")
-    return results, examples
+    return results
+
+
+def example_videos(pipe, specs: list, per_direction: int, seed: int, interpolation: str) -> dict:
+    """The GIFs' videos, plain and FreeNoise, same seeds as in `evaluate`: the switching prompt of the first trial
+    of "right" and of "down", and one prompt over 24 frames from the first trial's first frame."""
+    out = {}
+    for method in ("plain", "free_noise"):
+        use(pipe, method, interpolation)
+        for i, spec in enumerate(specs):
+            if i % per_direction == 0 and spec.direction in ("right", "down"):
+                out[f"switch_{spec.direction}_{interpolation}", method] = run(pipe, spec, switch_schedule(spec), 24,
+                                                                             seed + i)
+        out["single_24", method] = run(pipe, specs[0], specs[0].caption, 24, seed)
+    use(pipe, "plain")
+    return out
 
 
 def summary(results: dict) -> dict:
@@ -167,7 +187,10 @@ def main(argv=None):
     parser.add_argument("--per-direction", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1234)  # eval_demo's
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--gifs", type=Path, help="write side-by-side GIFs (plain | FreeNoise) into this folder")
+    parser.add_argument("--gifs", type=Path, help="write side-by-side GIFs (plain | FreeNoise) of the example trials "
+                                                  "into this folder (their videos are generated again)")
+    parser.add_argument("--gif-interpolation", choices=("hold", "linear"), default="hold",
+                        help="the prompt interpolation of the switching GIFs")
     parser.add_argument("--split", choices=("eval", "train"), default="eval",
                         help="first frames from the held-out split (default) or, to compare settings without "
                              "looking at the held-out frames, from the training split")
@@ -180,16 +203,14 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another FreeNoise setting than SETTINGS', e.g. context_stride=4 (for --split train)")
     args = parser.parse_args(argv)
-    if args.gifs and len(args.methods) < 2:
-        parser.error("--gifs shows plain and FreeNoise side by side: it needs both --methods")
     for item in args.set:
         key, _, value = item.partition("=")
         SETTINGS[key] = int(value) if value.isdigit() else value
     torch.set_num_threads(1)
     pipe = I2VGenXLPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    results, examples = evaluate(pipe, args.per_direction, args.seed, args.split, args.methods,
-                                 args.interpolations, args.single_frames)
+    specs = draw_specs(args.per_direction, args.seed, args.split)
+    results = evaluate(pipe, specs, args.seed, args.methods, args.interpolations, args.single_frames)
     report = summary(results)
     print(json.dumps(report, indent=2))
     if args.json:
@@ -197,6 +218,7 @@ def main(argv=None):
         args.json.write_text(json.dumps({"settings": SETTINGS, "summary": report, "trials": results},
                                         indent=2, default=float) + "\n")
     if args.gifs:
+        examples = example_videos(pipe, specs, args.per_direction, args.seed, args.gif_interpolation)
         for name in sorted({name for name, _ in examples}):
             side_by_side(args.gifs / f"long_{name}.gif", examples[name, "plain"], examples[name, "free_noise"])
     return 0
