@@ -134,7 +134,7 @@ class UpBlock3D(Chunkable, nn.Module):
             if self.b1 is not None:
                 x, skip = apply_freeu(self.resolution_idx, x, skip, self.s1, self.s2, self.b1, self.b2)
             # The concatenation exists only inside the resnet's call (one slice of frames at a time when forward
-            # chunking is on); the block's input and the skip are dropped once the resnet has read them.
+            # chunking is on); the skip and the previous layer's output are freed once the resnet has read them.
             x = self._per_frame(self._resnet_on_skip, x, skip, temb, i, num_frames=num_frames,
                                 row_elements=x[0].numel() + skip[0].numel())
             del skip
