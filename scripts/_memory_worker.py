@@ -41,13 +41,19 @@ def tensor_bytes(*tensors) -> int:
 
 class PeakTracker(MemTracker):
     """MemTracker without its per-module statistics, which refuse a model called twice per stage (the text
-    encoder for the prompt and the negative prompt, the decoder per chunk). Only the global peak is read; the
-    stage's model is registered with `track_external`."""
+    encoder for the prompt and the negative prompt, the decoder per chunk; a block recomputed under gradient
+    checkpointing). Only the global peak is read; the stage's model is registered with `track_external`."""
 
     def _pre_fw_hook(self, module, inputs):
         pass
 
     def _post_fw_hook(self, module, inputs, outputs):
+        pass
+
+    def _pre_bw_hook(self, module, args):
+        pass
+
+    def _post_bw_hook(self, module, args):
         pass
 
 

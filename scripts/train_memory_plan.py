@@ -1,0 +1,178 @@
+"""Peak GPU memory per rank of one training step of the released UNet: full fine-tuning and LoRA, 448x256 and
+1280x704, 16 frames, batch 1 per GPU, with and without gradient checkpointing, float32 and bf16 autocast,
+on 1, 2, 4 and 8 GPUs under DDP and FSDP2.
+
+    python scripts/train_memory_plan.py --docs            # every configuration, the table into docs/training.md
+    python scripts/train_memory_plan.py --docs --jobs 2   # two measurements at a time
+    python scripts/train_memory_plan.py --check-ddp       # DDP's bucket size against the reducer's own
+
+No GPU is needed: scripts/_train_memory_worker.py runs the trainer's own step (setup_optimization, the velocity
+loss, backward, clipping, AdamW, EMA) on fake tensors under MemTracker, as rank 0 of a fake process group for
+FSDP2, one configuration per process, cached under out/train_memory_plan/ (about 0.5-2 minutes of CPU each).
+What the plan adds to the measured step:
+- DDP: gradient buckets as large as the trainable parameters in float32 (the reducer is C++ and needs real
+  tensors; --check-ddp compares the size with the reducer's bucket sizes on a real UNet of 1/5 width);
+- the frozen encoders the trainer keeps on the GPU (it moves the whole pipeline there): the VAE and both CLIP
+  towers in float32, their parameter bytes (exact, built on fake tensors at the released sizes).
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out" / "train_memory_plan"
+DOCS = ROOT / "docs" / "training.md"
+GIB = 2 ** 30
+BUDGET = 24 * 10 ** 9  # a "24 GB" card: 24 GB of memory as sold; the CUDA context and allocator take part of it
+SIZES = ((448, 256), (1280, 704))
+WORLD_SIZES = (2, 4, 8)
+ROWS = [dict(mode=mode, width=w, height=h, checkpointing=ckpt, precision=precision)
+        for mode, (w, h), ckpt, precision in itertools.product(("full", "lora"), SIZES, (True, False), ("bf16", "no"))]
+
+
+def worker(argv: list[str], python: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run(["nice", python, str(ROOT / "scripts" / "_train_memory_worker.py"), *argv], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+
+
+def measure(step: dict, python: str, fresh: bool = False) -> dict:
+    """The worker's result for one step configuration, from the cache when present."""
+    key = hashlib.sha1(json.dumps(step, sort_keys=True).encode()).hexdigest()[:12]
+    path = OUT / f"step-{key}.json"
+    if fresh or not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        argv = ["--result", str(path)]
+        for name, value in step.items():
+            flag = "--" + name.replace("_", "-")
+            argv += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
+        print(f"measuring {' '.join(argv[2:])}", file=sys.stderr)
+        proc = worker(argv, python)
+        if proc.returncode:
+            sys.exit(f"worker failed ({proc.returncode}) on {step}:\n{proc.stderr[-4000:]}")
+    return json.loads(path.read_text())
+
+
+def encoder_bytes(python: str) -> int:
+    """Parameter bytes of the frozen VAE, CLIP text and CLIP image towers at the released sizes in float32."""
+    path = OUT / "encoders.json"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        code = ("import json, sys, torch; sys.path.insert(0, 'scripts');"
+                "from torch._subclasses.fake_tensor import FakeTensorMode;"
+                "from _memory_worker import build_pipeline, param_bytes\n"
+                "with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():\n"
+                "    pipe = build_pipeline('ours', 'gpu', torch.float32)\n"
+                "    print(json.dumps({n: param_bytes(getattr(pipe, n)) for n in "
+                "('vae', 'text_encoder', 'image_encoder')}))")
+        proc = subprocess.run([python, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"building the encoders failed:\n{proc.stderr[-4000:]}")
+        path.write_text(proc.stdout.strip().splitlines()[-1])
+    return sum(json.loads(path.read_text()).values())
+
+
+def step_config(row: dict, world_size: int = 1) -> dict:
+    return dict(config="gpu", height=row["height"], width=row["width"], num_frames=16, batch_size=1,
+                mode=row["mode"], lora_rank=8, precision=row["precision"], checkpointing=row["checkpointing"],
+                world_size=world_size, parallel="fsdp")
+
+
+def all_steps() -> list[dict]:
+    """Every measurement, in the order worth having first if a run is cut short: one GPU, then FSDP2 for the
+    recommended settings (bf16, checkpointing), then the others."""
+    first = [row for row in ROWS if row["precision"] == "bf16" and row["checkpointing"]]
+    steps = [step_config(row) for row in ROWS] + [step_config(row, n) for n in (8, 4, 2) for row in first]
+    return steps + [step_config(row, n) for n in (8, 2, 4) for row in ROWS if row not in first]
+
+
+def cached(step: dict) -> dict | None:
+    key = hashlib.sha1(json.dumps(step, sort_keys=True).encode()).hexdigest()[:12]
+    path = OUT / f"step-{key}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def row_label(row: dict) -> str:
+    return " | ".join([{"full": "full UNet", "lora": "LoRA r8"}[row["mode"]], f"{row['width']}x{row['height']}",
+                       "yes" if row["checkpointing"] else "no", {"bf16": "bf16", "no": "fp32"}[row["precision"]]])
+
+
+def gb(value: int | None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value / 10 ** 9:.1f}"
+    return f"**{text}**" if value <= BUDGET else text
+
+
+def table(encoders: int) -> str:
+    """Peak GB per GPU, measured step + what the plan adds (DDP buckets, resident encoders); - = not measured."""
+    head = ["| trains | size x 16 frames | grad. checkpointing | precision | 1 GPU | DDP, any N | "
+            + " | ".join(f"FSDP2 {n}" for n in WORLD_SIZES) + " | 1 GPU: params + grads + AdamW + EMA / activations |",
+            "|" + "---|" * (7 + len(WORLD_SIZES))]
+    lines = []
+    for row in ROWS:
+        one = cached(step_config(row))
+        single = one and one["peak"] + encoders
+        ddp = one and single + one["trainable_bytes"]
+        fsdp = [(r := cached(step_config(row, n))) and r["peak"] + encoders for n in WORLD_SIZES]
+        split = "-"
+        if one:
+            kinds = one["by_kind"]
+            state = kinds["Parameter"] + kinds["Buffer"] + kinds["Optstate"] + kinds["Gradient"]
+            split = f"{state / 10 ** 9:.1f} / {(one['peak'] - state) / 10 ** 9:.1f}"
+        lines.append(f"| {row_label(row)} | {gb(single)} | {gb(ddp)} | " + " | ".join(gb(v) for v in fsdp)
+                     + f" | {split} |")
+    return "\n".join(head + lines) + "\n"
+
+
+def write_docs(text: str):
+    begin, end = "<!-- train memory plan -->", "<!-- /train memory plan -->"
+    docs = DOCS.read_text()
+    if begin not in docs:
+        sys.exit(f"{DOCS} has no '{begin}' ... '{end}' section to replace")
+    head, rest = docs.split(begin, 1)
+    DOCS.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
+
+
+def check_ddp(python: str) -> str:
+    """DDP's buckets against the trainable bytes the plan adds, on real UNets of 1/5 width (full and LoRA)."""
+    lines = []
+    for mode in ("full", "lora"):
+        proc = worker(["--check-ddp", "--config", "cpu", "--mode", mode, "--world-size", "2", "--result", "-"], python)
+        if proc.returncode:
+            sys.exit(f"DDP check failed:\n{proc.stderr[-4000:]}")
+        lines.append(f"{mode}: {proc.stdout.strip().splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--python", default=sys.executable, help="the interpreter that runs the worker")
+    p.add_argument("--jobs", type=int, default=1, help="measurements at a time")
+    p.add_argument("--fresh", action="store_true", help="measure again even when a cached result exists")
+    p.add_argument("--docs", action="store_true", help="write the table into docs/training.md")
+    p.add_argument("--cached", action="store_true", help="only the cached results (- for the others)")
+    p.add_argument("--check-ddp", action="store_true", help="compare DDP's buckets with the plan's figure")
+    args = p.parse_args()
+    if args.check_ddp:
+        print(check_ddp(args.python))
+        return
+    if not args.cached:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda step: measure(step, args.python, args.fresh), all_steps()))
+    text = table(encoder_bytes(args.python))
+    if args.docs:
+        write_docs(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
