@@ -152,13 +152,14 @@ def long_video_table(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str):
-    begin, end = "<!-- memory plan -->", "<!-- /memory plan -->"
-    docs = DOCS.read_text()
+def write_docs(text: str, path: Path = DOCS, marker: str = "memory plan"):
+    """Replace the section between `<!-- marker -->` and `<!-- /marker -->` of `path` with `text`."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    docs = path.read_text()
     if begin not in docs:
-        sys.exit(f"{DOCS} has no '{begin}' ... '{end}' section to replace")
+        sys.exit(f"{path} has no '{begin}' ... '{end}' section to replace")
     head, rest = docs.split(begin, 1)
-    DOCS.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
+    path.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
 def main():

@@ -27,6 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from memory_plan import write_docs  # noqa: E402
+
 OUT = ROOT / "out" / "train_memory_plan"
 DOCS = ROOT / "docs" / "training.md"
 GIB = 2 ** 30
@@ -87,11 +90,13 @@ def step_config(row: dict, world_size: int = 1) -> dict:
 
 
 def all_steps() -> list[dict]:
-    """Every measurement, in the order worth having first if a run is cut short: one GPU, then FSDP2 for the
-    recommended settings (bf16, checkpointing), then the others."""
-    first = [row for row in ROWS if row["precision"] == "bf16" and row["checkpointing"]]
-    steps = [step_config(row) for row in ROWS] + [step_config(row, n) for n in (8, 4, 2) for row in first]
-    return steps + [step_config(row, n) for n in (8, 2, 4) for row in ROWS if row not in first]
+    """Every measurement, in the order worth having first if a run is cut short: one GPU; FSDP2 for the
+    recommended settings (bf16, checkpointing) on 2, 4, 8 GPUs for the full UNet at 448x256 and on 8 for the
+    others; then the rest."""
+    rows = [row for row in ROWS if row["precision"] == "bf16" and row["checkpointing"]]
+    first = [step_config(row) for row in ROWS] + [step_config(rows[0], n) for n in WORLD_SIZES]
+    first += [step_config(row, 8) for row in sorted(rows[1:], key=lambda row: (-row["width"], row["mode"] == "full"))]
+    return first + [step for n in (4, 2, 8) for row in ROWS if (step := step_config(row, n)) not in first]
 
 
 def cached(step: dict) -> dict | None:
@@ -133,15 +138,6 @@ def table(encoders: int) -> str:
     return "\n".join(head + lines) + "\n"
 
 
-def write_docs(text: str):
-    begin, end = "<!-- train memory plan -->", "<!-- /train memory plan -->"
-    docs = DOCS.read_text()
-    if begin not in docs:
-        sys.exit(f"{DOCS} has no '{begin}' ... '{end}' section to replace")
-    head, rest = docs.split(begin, 1)
-    DOCS.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
-
-
 def check_ddp(python: str) -> str:
     """DDP's buckets against the trainable bytes the plan adds, on real UNets of 1/5 width (full and LoRA)."""
     lines = []
@@ -170,7 +166,7 @@ def main():
             list(pool.map(lambda step: measure(step, args.python, args.fresh), all_steps()))
     text = table(encoder_bytes(args.python))
     if args.docs:
-        write_docs(text)
+        write_docs(text, DOCS, "train memory plan")
     print(text)
 
 
