@@ -5,14 +5,15 @@ rank 0 of N GPUs, on shapes only.
         --world-size 4 --parallel fsdp --width 448 --height 256 --num-frames 16
 
 The UNet is built inside FakeTensorMode (real shapes and dtypes, no data) in float32, as the trainer keeps it,
-and set up by the trainer's own `setup_optimization` (LoRA adapter, EMA copy, DDP wrapper or FSDP2 sharding,
-AdamW). With N > 1 the process joins a fake process group of N ranks as rank 0 (torch's FakeProcessGroup: its
-collectives return at once, moving no data), so FSDP2 really shards the parameters, gradients and AdamW state
-and really gathers each block in forward and backward. One optimiser step of the trainer's loop (the velocity
-loss under its autocast, backward, gradient clipping, AdamW, the EMA update) then runs under MemTracker
-(_memory_worker.PeakTracker), which counts every live tensor and keeps the peak, split by kind (parameters,
-gradients, optimiser state, activations, temporaries). AdamW's moments are made by one step before the measured
-one, so the figure is a steady-state step's, not the first's (whose optimiser state does not exist yet).
+and set up by the trainer's own `setup_optimization` (LoRA adapter, EMA copy, FSDP2 sharding, AdamW). With
+N > 1 the process joins a fake process group of N ranks as rank 0 (torch's FakeProcessGroup: its collectives
+return at once, moving no data), so FSDP2 really shards the parameters, gradients and AdamW state and really
+gathers each block in forward and backward. One optimiser step of the trainer's loop (the velocity loss under
+its autocast, backward, gradient clipping, AdamW, the EMA update) then runs under MemTracker
+(_memory_worker.PeakTracker), which counts every live tensor and keeps the peak, split by kind (weights,
+optimiser state, activations, and the temporaries of backward, gradients among them). AdamW's moments are made
+by one step before the measured one, so the figure is a steady-state step's, not the first's (whose optimiser
+state does not exist yet).
 
 DDP is not run here: its C++ reducer checks and buckets real parameter data, which fake tensors do not have.
 Every DDP rank runs the one-process step and holds, besides, gradient buckets as large as the trainable
