@@ -8,7 +8,8 @@ on 1, 2, 4 and 8 GPUs under DDP and FSDP2.
 
 No GPU is needed: scripts/_train_memory_worker.py runs the trainer's own step (setup_optimization, the velocity
 loss, backward, clipping, AdamW, EMA) on fake tensors under MemTracker, as rank 0 of a fake process group for
-FSDP2, one configuration per process, cached under out/train_memory_plan/ (about 0.5-2 minutes of CPU each).
+FSDP2, one configuration per process, cached under out/train_memory_plan/ (2-15 minutes each on a 2-core
+machine shared with other jobs, FSDP2 the slowest).
 What the plan adds to the measured step:
 - DDP: gradient buckets as large as the trainable parameters in float32 (the reducer is C++ and needs real
   tensors; --check-ddp compares the size with the reducer's bucket sizes on a real UNet of 1/5 width);
@@ -48,10 +49,13 @@ def worker(argv: list[str], python: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True)
 
 
+def result_path(step: dict) -> Path:
+    return OUT / f"step-{hashlib.sha1(json.dumps(step, sort_keys=True).encode()).hexdigest()[:12]}.json"
+
+
 def measure(step: dict, python: str, fresh: bool = False) -> dict:
     """The worker's result for one step configuration, from the cache when present."""
-    key = hashlib.sha1(json.dumps(step, sort_keys=True).encode()).hexdigest()[:12]
-    path = OUT / f"step-{key}.json"
+    path = result_path(step)
     if fresh or not path.exists():
         OUT.mkdir(parents=True, exist_ok=True)
         argv = ["--result", str(path)]
@@ -103,13 +107,12 @@ def all_steps() -> list[dict]:
     others; then the rest."""
     rows = [row for row in ROWS if row["precision"] == "bf16" and row["checkpointing"]]
     first = [step_config(row) for row in ROWS] + [step_config(rows[0], n) for n in WORLD_SIZES]
-    first += [step_config(row, 8) for row in sorted(rows[1:], key=lambda row: (-row["width"], row["mode"] == "full"))]
+    first += [step_config(row, 8) for row in sorted(rows[1:], key=lambda r: (-r["width"], r["mode"] == "full"))]
     return first + [step for n in (4, 2, 8) for row in ROWS if (step := step_config(row, n)) not in first]
 
 
 def cached(step: dict) -> dict | None:
-    key = hashlib.sha1(json.dumps(step, sort_keys=True).encode()).hexdigest()[:12]
-    path = OUT / f"step-{key}.json"
+    path = result_path(step)
     return json.loads(path.read_text()) if path.exists() else None
 
 
