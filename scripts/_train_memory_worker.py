@@ -130,7 +130,7 @@ def measure(args) -> dict:
     # unsharded twin of the UNet in host memory, made by `.cpu()`, which cannot move fake tensors: here it
     # stays where it is (it is never on the GPU, and not counted).
     with mock.patch.object(torch.nn.Module, "cpu", lambda module: module):
-        model, trainable, ema, optimizer, lr_scheduler, _, _ = train.setup_optimization(unet, cfg, launch, None)
+        model, trainable, ema, optimizer, lr_scheduler, _ = train.setup_optimization(unet, cfg, launch)
     with fake:
         warm_optimizer(trainable, optimizer)
         unet.train()
@@ -158,7 +158,7 @@ def check_ddp(args) -> dict:
     its reducer's gradient buckets beside the trainable parameters' (what the plan adds for DDP)."""
     launch = process_group(args.world_size)
     cfg = dataclasses.replace(train_config(args), parallel="ddp")
-    model = train.setup_optimization(I2VGenXLUNet(**model_sizes(args.config)["unet"]), cfg, launch, None)[0]
+    model = train.setup_optimization(I2VGenXLUNet(**model_sizes(args.config)["unet"]), cfg, launch)[0]
     buckets = model._get_ddp_logging_data()["bucket_sizes"]  # the reducer's bucket sizes in bytes, "a, b, ..."
     return dict(bucket_bytes=sum(int(size) for size in str(buckets).split(",")),
                 trainable_bytes=sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
