@@ -134,8 +134,7 @@ def measure(args) -> dict:
     with fake:
         warm_optimizer(trainable, optimizer)
         unet.train()
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+        train.enable_checkpointing(unet, cfg)
         autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
         micro = batch(cfg, sizes["unet"], args)
         tracker = PeakTracker()
@@ -175,7 +174,8 @@ def add_step_arguments(p: argparse.ArgumentParser):
     p.add_argument("--mode", choices=["full", "lora"], default="full")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--precision", choices=["no", "bf16"], default="bf16", help="the trainer's mixed_precision")
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    p.add_argument("--checkpointing", nargs="?", const=True, default=False, choices=[True, "layer"],
+                   help="gradient checkpointing per block; --checkpointing layer: per layer")
     p.add_argument("--world-size", type=int, default=1, help="GPUs; this process measures rank 0")
     p.add_argument("--parallel", choices=["fsdp"], default="fsdp",
                    help="with --world-size > 1; DDP is not run here (its reducer needs real tensors): the plan "

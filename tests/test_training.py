@@ -172,8 +172,9 @@ def test_timestep_sampling_is_uniform_unless_high_noise_is_asked_for():
         sample_timesteps(4, 1000, torch.Generator(), 0.5, 1000)
 
 
+@pytest.mark.parametrize("granularity", ["block", "layer"])
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_gradient_checkpointing_gives_the_same_gradients(with_lora):
+def test_gradient_checkpointing_gives_the_same_gradients(with_lora, granularity):
     torch.manual_seed(0)
     unet, scheduler = tiny_unet(), DDIMScheduler(**RELEASED_SCHEDULER_CONFIG)
     if with_lora:  # only the adapter trains; its B made non-zero (at zero, A gets no gradient)
@@ -187,7 +188,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(with_lora):
     grads = []
     for checkpointed in (False, True):
         if checkpointed:
-            unet.enable_gradient_checkpointing()
+            unet.enable_gradient_checkpointing(granularity=granularity)
         unet.zero_grad()
         torch.manual_seed(1)  # the same dropout masks (the adapter's too)
         v_prediction_loss(unet, scheduler, x0, conditions, 0.1, torch.Generator().manual_seed(0)).backward()

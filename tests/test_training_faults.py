@@ -33,6 +33,7 @@ def train_cli(capsys, tmp_path, config: dict, *args) -> tuple[int, str]:
     ({"checkpoint_every": 0}, "checkpoint_every must be at least 1, got 0"),
     ({"lr_schedule": "linear"}, "lr_schedule must be one of ['constant', 'cosine'], got 'linear'"),
     ({"mixed_precision": "fp8"}, "mixed_precision must be one of ['no', 'bf16'], got 'fp8'"),
+    ({"gradient_checkpointing": "block"}, "gradient_checkpointing must be one of [False, True, 'layer'], got 'block'"),
     ({"uncond_prob": 2.0}, "uncond_prob must be a number between 0 and 1, got 2.0"),
     ({"ema_decay": 5.0}, "ema_decay must be a number between 0 and 1, got 5.0"),
     ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1, got 0"),

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from i2vgen.models.checkpointing import Checkpointable
 
-class ResnetBlock2D(nn.Module):
+
+class ResnetBlock2D(Checkpointable, nn.Module):
     """Pre-activation residual block (He et al. 2016) with an additive timestep embedding (DDPM, Ho et al. 2020).
 
     x -> GroupNorm -> SiLU -> conv1 (+ Linear(SiLU(temb))) -> GroupNorm -> SiLU -> conv2, added to the input
@@ -105,7 +107,7 @@ def _temporal_conv(channels: int, groups: int, dropout: float | None) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class TemporalConvLayer(nn.Module):
+class TemporalConvLayer(Checkpointable, nn.Module):
     """Four temporal convolutions in a residual branch (ModelScope T2V / VideoLDM style).
 
     Mixes information across neighbouring frames at every pixel. The last conv starts at zero, so a freshly

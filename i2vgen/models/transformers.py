@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from i2vgen.models.attention import Attention, FeedForward
+from i2vgen.models.checkpointing import Checkpointable
 from i2vgen.models.chunking import Chunkable, per_pixel
 
 
@@ -58,7 +59,7 @@ def _transformer_parts(channels: int, *, heads: int, head_dim: int, norm_num_gro
             nn.Linear(inner_dim, channels))
 
 
-class Transformer2DModel(nn.Module):
+class Transformer2DModel(Checkpointable, nn.Module):
     """Spatial transformer over each frame's pixels, with cross-attention to the conditioning tokens.
 
     GroupNorm -> Linear proj_in -> one transformer block -> Linear proj_out, added to the input.
@@ -83,7 +84,7 @@ class Transformer2DModel(nn.Module):
         return x + rearrange(h, "n (h w) c -> n c h w", h=height)
 
 
-class TransformerTemporalModel(Chunkable, nn.Module):
+class TransformerTemporalModel(Checkpointable, Chunkable, nn.Module):
     """Temporal transformer: each pixel's sequence of frames attends to itself (two self-attentions).
 
     The GroupNorm statistics span all frames of a video (the norm runs on (b, c, f, h, w)), then the

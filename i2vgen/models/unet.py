@@ -30,13 +30,19 @@ from i2vgen.checks import check_real
 from i2vgen.loading import Config, ModelMixin
 from i2vgen.models.attention import Attention
 from i2vgen.models.cache import CacheConfig, StepCache
+from i2vgen.models.checkpointing import Checkpointable
 from i2vgen.models.chunking import set_forward_chunking
 from i2vgen.models.embeddings import TimestepEmbedding, timestep_embedding
 from i2vgen.models.frame_windows import FrameWindows
 from i2vgen.models.model_api import ModelAPIMixin
 from i2vgen.outputs import BaseOutput
-from i2vgen.models.transformers import ImageLatentTemporalEncoder, TransformerTemporalModel
+from i2vgen.models.transformers import ImageLatentTemporalEncoder, Transformer2DModel, TransformerTemporalModel
+from i2vgen.models.resnet import ResnetBlock2D, TemporalConvLayer
 from i2vgen.models.unet_blocks import DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
+
+# What each gradient-checkpointing granularity checkpoints (enable_gradient_checkpointing; checkpointing.py).
+CHECKPOINTED = {"block": (DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D),
+                "layer": (ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel)}
 
 LATENT_CHANNELS = 4  # the VAE latent channels the image-latent encoders read (fixed, as in the reference)
 
@@ -220,7 +226,6 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
 
         self.conv_norm_out = nn.GroupNorm(norm_groups, channels[0], eps=1e-5)
         self.conv_out = nn.Conv2d(channels[0], config.out_channels, kernel_size=3, padding=1)
-        self.gradient_checkpointing = None  # the checkpoint function while enabled (enable_gradient_checkpointing)
         self.step_cache = None  # a StepCache while caching across steps is enabled (enable_cache)
 
     def _add_condition_encoders(self, c0: int, temb_dim: int):
@@ -267,26 +272,29 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
                 if isinstance(attention, Attention):
                     attention.frame_windows = windows
 
-    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None):
-        """Keep only each down, mid and up block's inputs during training and recompute its activations in the
-        backward pass: activation memory drops to about the blocks' inputs, for about one more forward pass of
-        time. Same outputs and gradients. `gradient_checkpointing_func(function, *args)` replaces
-        torch.utils.checkpoint.checkpoint (non-reentrant) if given. No effect without autograd (sampling)."""
-        self.gradient_checkpointing = gradient_checkpointing_func or functools.partial(
-            torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None, granularity: str = "block"):
+        """Keep only the inputs of each checkpointed module during training and recompute its activations in the
+        backward pass (models/checkpointing.py): granularity "block", each down, mid and up block; "layer", each
+        resnet, temporal conv and spatial / temporal transformer (the backward then rebuilds one layer at a
+        time: far less memory at large sizes). Same outputs and gradients, for about one more forward pass of
+        time. `gradient_checkpointing_func(function, *args)` replaces torch.utils.checkpoint.checkpoint
+        (non-reentrant) if given. No effect without autograd (sampling)."""
+        if granularity not in CHECKPOINTED:
+            raise ValueError(f"granularity must be one of {list(CHECKPOINTED)}, got {granularity!r}")
+        function = gradient_checkpointing_func or functools.partial(torch.utils.checkpoint.checkpoint,
+                                                                    use_reentrant=False)
+        for module in self.modules():
+            if isinstance(module, Checkpointable):
+                module.gradient_checkpointing = function if isinstance(module, CHECKPOINTED[granularity]) else None
 
     def disable_gradient_checkpointing(self):
-        self.gradient_checkpointing = None
+        for module in self.modules():
+            if isinstance(module, Checkpointable):
+                module.gradient_checkpointing = None
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self.gradient_checkpointing is not None
-
-    def _run_block(self, block: nn.Module, *args):
-        """block(*args); under activation checkpointing while gradients are recorded with it enabled."""
-        if self.gradient_checkpointing is not None and torch.is_grad_enabled():
-            return self.gradient_checkpointing(block, *args)
-        return block(*args)
+        return any(m.gradient_checkpointing is not None for m in self.modules() if isinstance(m, Checkpointable))
 
     def enable_cache(self, config: CacheConfig | None = None):
         """Reuse features across denoising steps (models/cache.py: DeepCache and the guidance difference): a full
@@ -423,12 +431,12 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
         # 6. Down, keeping every intermediate output as a skip connection.
         skips = [x]
         for block in self.down_blocks[:levels]:
-            x, block_skips = self._run_block(block, x, emb, frames, context)
+            x, block_skips = block(x, emb, frames, context)
             skips.extend(block_skips)
 
         # 7. Mid.
         if plan is None or not plan.reads_deep:
-            x = self._run_block(self.mid_block, x, emb, frames, context)
+            x = self.mid_block(x, emb, frames, context)
 
         # 8. Up: each block takes as many skips as it has layers, and upsamples to the next skip's size
         # (so latent sizes that are not multiples of 2^levels come back to their size).
@@ -439,5 +447,5 @@ class I2VGenXLUNet(ModelAPIMixin, ModelMixin):
                 x = plan.deep_features(x)
             block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
             upsample_size = skips[-1].shape[-2:] if block.upsamplers is not None else None
-            x = self._run_block(block, x, block_skips, emb, frames, context, upsample_size)
+            x = block(x, block_skips, emb, frames, context, upsample_size)
         return x

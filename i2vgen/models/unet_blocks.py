@@ -15,6 +15,7 @@ unfold them, and the context has one row per video, (b, M, D). The per-frame lay
 import torch
 from torch import nn
 
+from i2vgen.models.checkpointing import Checkpointable
 from i2vgen.models.chunking import Chunkable
 from i2vgen.models.freeu import apply_freeu
 from i2vgen.models.resnet import Downsample2D, ResnetBlock2D, TemporalConvLayer, Upsample2D
@@ -48,7 +49,7 @@ def _spatial_and_temporal_transformers(channels: int, num_layers: int, groups: i
     return attentions, temp_attentions
 
 
-class DownBlock3D(Chunkable, nn.Module):
+class DownBlock3D(Checkpointable, Chunkable, nn.Module):
     """`num_layers` layers, then an optional stride-2 downsample; with `cross_attention_dim` (the CrossAttn
     kind) each layer also attends over space, with cross-attention to the context, and over time.
 
@@ -80,7 +81,7 @@ class DownBlock3D(Chunkable, nn.Module):
         return x, skips
 
 
-class UNetMidBlock3DCrossAttn(nn.Module):
+class UNetMidBlock3DCrossAttn(Checkpointable, nn.Module):
     """The bottleneck: resnet + temporal conv, then one attention pair and a second resnet + temporal conv."""
 
     def __init__(self, channels: int, temb_channels: int, groups: int, head_dim: int, cross_attention_dim: int):
@@ -98,7 +99,7 @@ class UNetMidBlock3DCrossAttn(nn.Module):
         return self.temp_convs[1](x, num_frames)
 
 
-class UpBlock3D(Chunkable, nn.Module):
+class UpBlock3D(Checkpointable, Chunkable, nn.Module):
     """`num_layers` layers, each concatenating one skip connection before its resnet, then an optional
     nearest-neighbour upsample to the next skip's spatial size; with `cross_attention_dim` (the CrossAttn
     kind) each layer also attends over space, with cross-attention to the context, and over time.

@@ -18,7 +18,8 @@ RANGES = {
     "ema_decay": (0.0, 1.0), "validate_every": (0, None), "checkpoint_every": (1, None),
     "keep_checkpoints": (1, None), "num_threads": (1, None),
 }
-CHOICES = {"lr_schedule": ("constant", "cosine"), "mixed_precision": ("no", "bf16")}
+CHOICES = {"lr_schedule": ("constant", "cosine"), "mixed_precision": ("no", "bf16"),
+           "gradient_checkpointing": (False, True, "layer")}
 LORA_FIELDS = {"rank", "alpha", "dropout", "target_modules"}  # lora.LoraSettings (which needs peft to import)
 
 
@@ -85,7 +86,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999  # with warmup: min(ema_decay, (1 + step) / (10 + step))
     mixed_precision: str = "no"  # "no" or "bf16" (autocast; weights and optimiser state stay float32)
-    gradient_checkpointing: bool = False  # recompute block activations in backward (docs/training.md)
+    # Recompute activations in backward (docs/training.md): true, per UNet block; "layer", per layer (far less
+    # memory at large sizes: models/checkpointing.py); false, none.
+    gradient_checkpointing: bool | str = False
 
     # Validation (validation.py): every validate_every steps (0: never) and at the end, videos from the
     # `validation` section's fixed inputs and held-out clips with the EMA weights, a held-out loss and PSNRs,

@@ -229,6 +229,12 @@ def accumulate_gradients(unet, scheduler, micro_batches: list, autocast) -> floa
     return total
 
 
+def enable_checkpointing(unet, cfg: TrainConfig) -> None:
+    """The config's gradient checkpointing: true, per block; "layer", per layer; false, none."""
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing(granularity="layer" if cfg.gradient_checkpointing == "layer" else "block")
+
+
 def setup_optimization(unet, cfg: TrainConfig, launch: Launch):
     """What trains (a LoRA adapter, the UNet frozen, or the whole UNet), its EMA, the module the loop calls (the
     UNet, or under torchrun its DDP wrapper or its FSDP2-sharded self: parallel.wrap), AdamW and the warmup
@@ -350,8 +356,7 @@ def _train(cfg: TrainConfig, until: int | None, launch: Launch, output_dir: Path
         step = checkpoints.load(checkpoint, state, run, unet, ema.model, optimizer, lr_scheduler, generator, launch)
 
     unet.train()
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()  # recompute each block's activations in backward
+    enable_checkpointing(unet, cfg)
     autocast = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16,
                               enabled=cfg.mixed_precision == "bf16")
     batches = training_batches(pipe, cfg, dataset, step, generator, launch)
