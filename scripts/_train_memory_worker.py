@@ -135,6 +135,8 @@ def measure(args) -> dict:
         warm_optimizer(trainable, optimizer)
         unet.train()
         train.enable_checkpointing(unet, cfg)
+        if args.forward_chunking:
+            unet.enable_forward_chunking(1)
         autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
         micro = batch(cfg, sizes["unet"], args)
         tracker = PeakTracker()
@@ -176,6 +178,8 @@ def add_step_arguments(p: argparse.ArgumentParser):
     p.add_argument("--precision", choices=["no", "bf16"], default="bf16", help="the trainer's mixed_precision")
     p.add_argument("--checkpointing", nargs="?", const=True, default=False, choices=[True, "layer"],
                    help="gradient checkpointing per block; --checkpointing layer: per layer")
+    p.add_argument("--forward-chunking", action="store_true",
+                   help="the UNet's forward chunking (one frame at a time in the per-frame layers)")
     p.add_argument("--world-size", type=int, default=1, help="GPUs; this process measures rank 0")
     p.add_argument("--parallel", choices=["fsdp"], default="fsdp",
                    help="with --world-size > 1; DDP is not run here (its reducer needs real tensors): the plan "
@@ -185,7 +189,8 @@ def add_step_arguments(p: argparse.ArgumentParser):
 def step_of(args) -> dict:
     keys = ("config", "height", "width", "num_frames", "batch_size", "mode", "lora_rank", "precision",
             "checkpointing", "world_size", "parallel")
-    return {k: getattr(args, k) for k in keys}
+    step = {k: getattr(args, k) for k in keys}
+    return step | ({"forward_chunking": True} if args.forward_chunking else {})  # the key only when on
 
 
 def main():

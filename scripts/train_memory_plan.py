@@ -13,7 +13,8 @@ machine shared with other jobs, FSDP2 the slowest).
 What the plan adds to the measured step:
 - DDP: gradient buckets as large as the trainable parameters in float32 (the reducer is C++ and needs real
   tensors; --check-ddp compares the size with the reducer's bucket sizes on a real UNet of 1/5 width);
-- the frozen encoders the trainer keeps on the GPU (it moves the whole pipeline there): the VAE and both CLIP
+- (beside the table, not in it) the frozen encoders, which the trainer moves to host memory once the clips are
+  encoded and brings back only to validate (train.place_encoders): the VAE and both CLIP
   towers in float32, their parameter bytes (exact, built on fake tensors at the released sizes).
 """
 
@@ -39,8 +40,12 @@ GIB = 2 ** 30
 FITS_24GB = 22 * GIB
 SIZES = ((448, 256), (1280, 704))
 WORLD_SIZES = (2, 4, 8)
+# checkpointing: True per block, "layer" per layer (bf16 only; with forward chunking in one LoRA row), False none.
 ROWS = [dict(mode=mode, width=w, height=h, checkpointing=ckpt, precision=precision)
         for mode, (w, h), ckpt, precision in itertools.product(("full", "lora"), SIZES, (True, False), ("bf16", "no"))]
+ROWS += [dict(mode=mode, width=w, height=h, checkpointing="layer", precision="bf16")
+         for mode, (w, h) in itertools.product(("full", "lora"), SIZES)]
+ROWS += [dict(ROWS[-1], forward_chunking=True)]
 
 
 def worker(argv: list[str], python: str) -> subprocess.CompletedProcess:
@@ -96,9 +101,10 @@ def encoder_bytes(python: str) -> int:
 
 
 def step_config(row: dict, world_size: int = 1) -> dict:
-    return dict(config="gpu", height=row["height"], width=row["width"], num_frames=16, batch_size=1,
+    step = dict(config="gpu", height=row["height"], width=row["width"], num_frames=16, batch_size=1,
                 mode=row["mode"], lora_rank=8, precision=row["precision"], checkpointing=row["checkpointing"],
                 world_size=world_size, parallel="fsdp")
+    return step | ({"forward_chunking": True} if row.get("forward_chunking") else {})  # as the worker's step_of
 
 
 def all_steps() -> list[dict]:
@@ -118,7 +124,9 @@ def cached(step: dict) -> dict | None:
 
 def row_label(row: dict) -> str:
     return " | ".join([{"full": "full UNet", "lora": "LoRA r8"}[row["mode"]], f"{row['width']}x{row['height']}",
-                       "yes" if row["checkpointing"] else "no", {"bf16": "bf16", "no": "fp32"}[row["precision"]]])
+                       {True: "per block", "layer": "per layer", False: "no"}[row["checkpointing"]]
+                       + (" + forward chunking" if row.get("forward_chunking") else ""),
+                       {"bf16": "bf16", "no": "fp32"}[row["precision"]]])
 
 
 def gib(value: int | None) -> str:
@@ -129,8 +137,8 @@ def gib(value: int | None) -> str:
 
 
 def table(encoders: int) -> str:
-    """Peak GiB per GPU: the measured step plus what the plan adds (DDP buckets, resident encoders); - = not
-    measured."""
+    """Peak GiB per GPU: the measured step plus what the plan adds (DDP buckets); - = not measured. The frozen
+    encoders wait in host memory during steps (train.place_encoders): a line below the table gives their size."""
     head = ["| trains | size x 16 frames | gradient checkpointing | precision | 1 GPU | DDP, 2-8 GPUs | "
             + " | ".join(f"FSDP2, {n} GPUs" for n in WORLD_SIZES)
             + " | 1 GPU's peak: weights + EMA + AdamW / the rest |",
@@ -138,16 +146,18 @@ def table(encoders: int) -> str:
     lines = []
     for row in ROWS:
         one = cached(step_config(row))
-        fsdp = [(r := cached(step_config(row, n))) and r["peak"] + encoders for n in WORLD_SIZES]
+        fsdp = [(r := cached(step_config(row, n))) and r["peak"] for n in WORLD_SIZES]
         cells = ["-", "-", "-"]
         if one:
             kinds = one["by_kind"]
             state = kinds["Parameter"] + kinds["Buffer"] + kinds["Optstate"]
-            cells = [gib(one["peak"] + encoders), gib(one["peak"] + encoders + one["trainable_bytes"]),
+            cells = [gib(one["peak"]), gib(one["peak"] + one["trainable_bytes"]),
                      f"{state / GIB:.1f} / {(one['peak'] - state) / GIB:.1f}"]
         lines.append(f"| {row_label(row)} | {cells[0]} | {cells[1]} | " + " | ".join(gib(v) for v in fsdp)
                      + f" | {cells[2]} |")
-    return "\n".join(head + lines) + "\n"
+    note = (f"\nNot in the cells: the frozen encoders (VAE, CLIP text and image towers, float32), "
+            f"{encoders / GIB:.2f} GiB, on the GPU only while clips are encoded and during validation.\n")
+    return "\n".join(head + lines) + "\n" + note
 
 
 def check_ddp(python: str) -> str:
