@@ -4,6 +4,8 @@ rank 0 of N GPUs, on shapes only.
     python scripts/_train_memory_worker.py --result out.json --mode full --precision bf16 --checkpointing \
         --world-size 4 --parallel fsdp --width 448 --height 256 --num-frames 16
 
+(`--checkpointing layer`: per-layer checkpointing; `--forward-chunking`: the UNet's forward chunking on top.)
+
 The UNet is built inside FakeTensorMode (real shapes and dtypes, no data) in float32, as the trainer keeps it,
 and set up by the trainer's own `setup_optimization` (LoRA adapter, EMA copy, FSDP2 sharding, AdamW). With
 N > 1 the process joins a fake process group of N ranks as rank 0 (torch's FakeProcessGroup: its collectives
