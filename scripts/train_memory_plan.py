@@ -156,7 +156,7 @@ def table(encoders: int) -> str:
         lines.append(f"| {row_label(row)} | {cells[0]} | {cells[1]} | " + " | ".join(gib(v) for v in fsdp)
                      + f" | {cells[2]} |")
     note = (f"\nNot in the cells: the frozen encoders (VAE, CLIP text and image towers, float32), "
-            f"{encoders / GIB:.2f} GiB, on the GPU only while clips are encoded and during validation.\n")
+            f"{encoders / GIB:.2f} GiB,\non the GPU only while clips are encoded and during validation.\n")
     return "\n".join(head + lines) + "\n" + note
 
 
