@@ -13,18 +13,24 @@ STEP = ["--config", "tiny", "--width", "64", "--height", "64", "--num-frames", "
         "--world-size", "2"]
 
 
-def worker(*argv: str) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "_train_memory_worker.py"), "--result", "-",
-                           *STEP, *argv], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def workers(*argvs: tuple[str, ...]) -> list[dict]:
+    """Run the worker once per argument list, all at the same time (each is one thread of mostly per-operation
+    overhead, ~30 s), and return their results in order."""
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "_train_memory_worker.py"), "--result", "-",
+                               *STEP, *argv], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def test_fake_step_equals_real_step_and_state_has_its_known_size():
     # The plan measures fake tensors; the same step on real tensors (FSDP2's sharding and gathering included)
     # must hold exactly the same bytes at its peak, kind by kind.
-    fake, real = worker(), worker("--real")
+    fake, real = workers((), ("--real",))
     assert fake["peak"] == real["peak"] and fake["by_kind"] == real["by_kind"]
     kinds, trainable = fake["by_kind"], fake["trainable_bytes"]
     assert kinds["Activation"] > 0
@@ -37,6 +43,6 @@ def test_fake_step_equals_real_step_and_state_has_its_known_size():
 
 def test_ddp_buckets_are_the_trainable_bytes():
     # What the plan adds for DDP, against the bucket sizes of the trainer's real DDP wrapper.
-    result = worker("--check-ddp", "--mode", "full")
+    (result,) = workers(("--check-ddp", "--mode", "full"))
     assert result["bucket_bytes"] == result["trainable_bytes"] > 0
     assert not result["gradient_as_bucket_view"]
